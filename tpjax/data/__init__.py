@@ -1,0 +1,1 @@
+"""GLUE data sources, tokenization and bucketing."""

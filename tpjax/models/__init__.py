@@ -1,0 +1,1 @@
+"""Encoder models, their configs and weight import."""
