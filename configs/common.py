@@ -1,0 +1,60 @@
+"""Every config field, declared once; task configs override values only."""
+
+import ml_collections
+
+
+def stage(num_epochs: float, learning_rate: float,
+          pruning_learning_rate: float = 0.0) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({
+      "num_epochs": num_epochs,
+      "learning_rate": learning_rate,
+      # Learning rate of the method's own parameters (soft stage only).
+      "pruning_learning_rate": pruning_learning_rate,
+  })
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.task = "sst2"
+  config.seed = 0
+  config.stages = ("finetune",)
+  # Start from another run's finetune/best checkpoint (a workdir path) instead of the
+  # pretrained weights; its finetune stage is then usually left out of `stages`.
+  config.init_from = ""
+  config.distributed = False  # jax.distributed.initialize() for multi-host jobs
+  config.num_devices = 0      # 0: all devices
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "minilm-l6"  # alias or local Hugging Face directory
+  config.model.random_init = False  # random weights, architecture with overrides
+  config.model.overrides = ml_collections.ConfigDict()
+
+  config.data = ml_collections.ConfigDict()
+  config.data.glue_dir = ""       # '' means $TPJAX_GLUE_DIR, then TFDS
+  config.data.source = "auto"     # auto | tsv | tfds
+  config.data.max_length = 128
+  config.data.buckets = (16, 32, 64, 128)
+  config.data.per_device_batch_size = 32
+  config.data.per_device_eval_batch_size = 64
+  config.data.max_train_examples = ml_collections.config_dict.placeholder(int)
+  config.data.max_eval_examples = ml_collections.config_dict.placeholder(int)
+
+  config.train = ml_collections.ConfigDict()
+  config.train.warmup_ratio = 0.06
+  config.train.weight_decay = 0.01
+  config.train.grad_clip = 1.0
+  config.train.max_steps = 0               # 0: no cap (whole epochs)
+  config.train.log_every_steps = 50
+  config.train.eval_every_steps = 0        # 0: once per epoch
+  config.train.checkpoint_every_steps = 500
+  config.train.progress_bar = True
+
+  config.stage_settings = ml_collections.ConfigDict({
+      "finetune": stage(num_epochs=1, learning_rate=5e-5),
+      "soft": stage(num_epochs=1, learning_rate=2e-5, pruning_learning_rate=2e-5),
+      "hard": stage(num_epochs=1, learning_rate=1e-5),
+  })
+
+  config.pruning = ml_collections.ConfigDict()
+  config.pruning.method = "none"
+  return config

@@ -1,0 +1,10 @@
+"""SST-2 with MiniLM-L6: fine-tune."""
+
+from configs import common
+
+
+def get_config():
+  config = common.get_base_config()
+  config.task = "sst2"
+  config.data.buckets = (16, 24, 32, 48, 64, 128)
+  return config.lock()

@@ -1,0 +1,126 @@
+"""The training loop end to end on a tiny config with 8 simulated CPU devices."""
+
+import json
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from tests import helpers
+from tpjax import train
+
+
+@pytest.fixture(scope="module")
+def glue_dir(tmp_path_factory):
+  return helpers.write_sst2(str(tmp_path_factory.mktemp("glue")))
+
+
+def _tokenizer(config):
+  return train.build_model(config, 2, jax.random.PRNGKey(0))[2]
+
+
+def _losses(workdir, stage="finetune"):
+  with open(os.path.join(workdir, stage, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
+
+
+def test_tiny_end_to_end_on_8_devices(glue_dir, tmp_path):
+  assert jax.device_count() == 8
+  config = helpers.tiny_config(glue_dir)
+  config.data.per_device_batch_size = 1
+  config.data.per_device_eval_batch_size = 1
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  assert summary["devices"] == 8
+  assert 0.0 <= summary["dev"]["validation"]["accuracy"] <= 1.0
+  expected = -(-len(train.load_split(config, _tokenizer(config), "train", None)) // 8)
+  assert expected <= summary["steps"] <= expected + len(config.data.buckets) - 1
+  with open(tmp_path / "summary.json") as f:
+    on_disk = json.load(f)
+  assert on_disk["task"] == "sst2" and on_disk["method"] == "none"
+  assert os.listdir(tmp_path / "finetune" / "tensorboard")
+  assert os.listdir(tmp_path / "finetune" / "best")
+
+
+def test_8_devices_equal_1_device(glue_dir, tmp_path):
+  def run(devices, per_device, name):
+    config = helpers.tiny_config(glue_dir, max_steps=10, log_every_steps=1)
+    config.stage_settings.finetune.num_epochs = 2
+    config.num_devices = devices
+    config.data.per_device_batch_size = per_device
+    config.data.per_device_eval_batch_size = per_device
+    config.model.overrides.hidden_dropout_prob = 0.0
+    config.model.overrides.attention_probs_dropout_prob = 0.0
+    train.train_and_evaluate(config, str(tmp_path / name))
+    return _losses(str(tmp_path / name))
+
+  one, eight = run(1, 8, "one"), run(8, 1, "eight")
+  assert sorted(one) == list(range(1, 11))
+  diffs = [abs(one[s] - eight[s]) for s in one]
+  print(f"max per-step loss difference, 8 vs 1 devices: {max(diffs):.2e}")
+  assert max(diffs) <= 1e-5
+  assert len(set(round(v, 4) for v in one.values())) > 1, "loss should change"
+
+
+class _StopAfter:
+  """Stands in for the signal handler: asks to stop after `n` steps."""
+
+  def __init__(self, n):
+    self.n = n
+    self.checks = 0
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False
+
+  @property
+  def requested(self):
+    self.checks += 1
+    return self.checks == self.n
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(glue_dir, tmp_path, monkeypatch):
+  def config():
+    c = helpers.tiny_config(glue_dir, log_every_steps=1, checkpoint_every_steps=100)
+    c.num_devices = 2
+    c.stage_settings.finetune.num_epochs = 2
+    return c
+
+  full = train.train_and_evaluate(config(), str(tmp_path / "full"))
+
+  monkeypatch.setattr(train, "_StopRequest", lambda: _StopAfter(13))
+  with pytest.raises(train.Interrupted, match="step 13"):
+    train.train_and_evaluate(config(), str(tmp_path / "cut"))
+  monkeypatch.undo()
+  resumed = train.train_and_evaluate(config(), str(tmp_path / "cut"))
+
+  full_losses, cut_losses = _losses(tmp_path / "full"), _losses(tmp_path / "cut")
+  assert max(full_losses) == full["steps"] == resumed["steps"] > 13
+  for step, loss in full_losses.items():
+    assert cut_losses[step] == pytest.approx(loss, abs=1e-6), step
+  assert resumed["dev"] == full["dev"]
+
+
+def test_signal_sets_stop_flag():
+  with train._StopRequest() as stop:  # pylint: disable=protected-access
+    assert not stop.requested
+    os.kill(os.getpid(), signal.SIGINT)
+    assert stop.requested
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_unknown_stage_is_rejected(glue_dir, tmp_path):
+  config = helpers.tiny_config(glue_dir)
+  config.stages = ("finetune", "polish")
+  with pytest.raises(ValueError, match="Unknown stage 'polish'"):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_locked_config_rejects_typos():
+  config = helpers.tiny_config("unused")
+  with pytest.raises(AttributeError):
+    config.train.learning_rat = 1.0

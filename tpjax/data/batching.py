@@ -1,0 +1,117 @@
+"""Static-shape batches: examples tokenized once, grouped into a few bucket lengths.
+
+Training batches hold examples of one bucket, padded to that bucket's length; the
+batch order is a pure function of (seed, epoch), so a resumed run sees the same batches.
+Partial batches are filled with weight-0 rows, so no example is dropped or repeated.
+"""
+
+import dataclasses
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+from tpjax.data import glue
+from tpjax.data import tokenization
+
+
+@dataclasses.dataclass
+class Encoded:
+  """A tokenized split: ragged token ids, their type ids, labels."""
+  ids: list[np.ndarray]
+  type_ids: list[np.ndarray]
+  labels: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.ids)
+
+  @property
+  def lengths(self) -> np.ndarray:
+    return np.array([len(x) for x in self.ids], np.int32)
+
+
+def encode(tokenizer: tokenization.Tokenizer, examples: glue.Examples) -> Encoded:
+  encodings = tokenizer.encode(examples.text_a, examples.text_b)
+  return Encoded(ids=[np.asarray(e.ids, np.int32) for e in encodings],
+                 type_ids=[np.asarray(e.type_ids, np.int32) for e in encodings],
+                 labels=np.asarray(examples.labels))
+
+
+def normalize_buckets(buckets: Sequence[int], max_length: int) -> tuple[int, ...]:
+  """Sorted bucket lengths up to max_length, always ending at max_length."""
+  kept = sorted({b for b in buckets if 0 < b < max_length})
+  return tuple(kept) + (max_length,)
+
+
+def bucket_of(lengths: np.ndarray, buckets: Sequence[int]) -> np.ndarray:
+  """Index of the smallest bucket that holds each length: <int32>[n] -> <int32>[n]."""
+  if lengths.size and lengths.max() > buckets[-1]:
+    raise ValueError(f"A sequence of {lengths.max()} tokens exceeds the largest bucket "
+                     f"{buckets[-1]}.")
+  return np.searchsorted(np.asarray(buckets), lengths, side="left").astype(np.int32)
+
+
+def make_batch(data: Encoded, indices: Sequence[int], batch_size: int, length: int,
+               pad_id: int) -> dict[str, np.ndarray]:
+  """Pads the examples at `indices` to [batch_size, length]; filler rows weigh 0.
+
+  Returns:
+    input_ids, attention_mask, token_type_ids: <int32>[batch, length];
+    labels: [batch]; weights: <float32>[batch]; index: <int32>[batch] (-1 for filler).
+  """
+  ids = np.full((batch_size, length), pad_id, np.int32)
+  mask = np.zeros((batch_size, length), np.int32)
+  types = np.zeros((batch_size, length), np.int32)
+  labels = np.zeros((batch_size,), data.labels.dtype)
+  weights = np.zeros((batch_size,), np.float32)
+  index = np.full((batch_size,), -1, np.int32)
+  for row, i in enumerate(indices):
+    n = len(data.ids[i])
+    ids[row, :n] = data.ids[i]
+    mask[row, :n] = 1
+    types[row, :n] = data.type_ids[i]
+    labels[row] = data.labels[i]
+    weights[row] = 1.0
+    index[row] = i
+  return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types,
+          "labels": labels, "weights": weights, "index": index}
+
+
+def epoch_plan(lengths: np.ndarray, buckets: Sequence[int], batch_size: int, seed: int,
+               epoch: int) -> list[tuple[int, np.ndarray]]:
+  """The training batches of one epoch as (bucket length, example indices).
+
+  Examples are shuffled, grouped by bucket, chunked, and the chunks shuffled again;
+  everything is drawn from a generator seeded by (seed, epoch).
+  """
+  rng = np.random.default_rng([seed, epoch])
+  order = rng.permutation(len(lengths))
+  which = bucket_of(lengths[order], buckets)
+  plan = []
+  for b, length in enumerate(buckets):
+    members = order[which == b]
+    for start in range(0, len(members), batch_size):
+      plan.append((length, members[start:start + batch_size]))
+  return [plan[i] for i in rng.permutation(len(plan))]
+
+
+def steps_per_epoch(lengths: np.ndarray, buckets: Sequence[int], batch_size: int) -> int:
+  counts = np.bincount(bucket_of(lengths, buckets), minlength=len(buckets))
+  return int(np.sum(-(-counts // batch_size)))
+
+
+def train_batches(data: Encoded, buckets: Sequence[int], batch_size: int, seed: int,
+                  epoch: int, pad_id: int, start: int = 0) -> Iterator[dict]:
+  """Yields an epoch's batches from batch number `start` on (for resuming)."""
+  for length, indices in epoch_plan(data.lengths, buckets, batch_size, seed, epoch)[start:]:
+    yield make_batch(data, indices, batch_size, length, pad_id)
+
+
+def eval_batches(data: Encoded, buckets: Sequence[int], batch_size: int,
+                 pad_id: int, limit: Optional[int] = None) -> Iterator[dict]:
+  """Every example exactly once, grouped by bucket; `index` maps rows back."""
+  n = len(data) if limit is None else min(limit, len(data))
+  which = bucket_of(data.lengths[:n], buckets)
+  for b, length in enumerate(buckets):
+    members = np.flatnonzero(which == b)
+    for start in range(0, len(members), batch_size):
+      yield make_batch(data, members[start:start + batch_size], batch_size, length, pad_id)

@@ -1,0 +1,1 @@
+"""Token pruning methods as stateless array functions."""

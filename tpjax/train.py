@@ -1,0 +1,401 @@
+"""Train state, pure train/eval steps, and the stage loop.
+
+A run is a sequence of stages (`config.stages`, e.g. finetune -> soft -> hard), each in
+its own sub-directory of the workdir with its own checkpoints; a finished stage is
+skipped on rerun and hands its best parameters to the next one.
+"""
+
+import dataclasses
+import functools
+import os
+import signal
+import time
+from typing import Any, Callable, Optional
+
+from absl import logging
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+
+from tpjax import checkpoints
+from tpjax import metrics as metrics_lib
+from tpjax import parallel
+from tpjax import reporting
+from tpjax.data import batching
+from tpjax.data import glue
+from tpjax.data import tokenization
+from tpjax.models import config as config_lib
+from tpjax.models import encoder as encoder_lib
+from tpjax.models import hf_weights
+from tpjax.models import pretrained
+from tpjax.pruning import base as pruning_base
+from tpjax.pruning import flops as flops_lib
+from tpjax.pruning import registry
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any       # {'model': ..., 'pruning': ...}
+  opt_state: Any
+
+
+# --------------------------------------------------------------------------- model
+
+
+def build_model(config: ml_collections.ConfigDict, num_labels: int, rng: jax.Array):
+  """Returns (EncoderModel, model params, Tokenizer) for `config.model`.
+
+  With `config.model.random_init`, the architecture is the named checkpoint's with
+  `config.model.overrides` applied and the weights are random (tiny test models).
+  """
+  directory = pretrained.resolve(config.model.name)
+  tokenizer = tokenization.Tokenizer.from_directory(directory,
+                                                    max_length=config.data.max_length)
+  if not config.model.random_init:
+    model, params = hf_weights.load_hf_model(directory, num_labels=num_labels, rng=rng)
+    return model, params, tokenizer
+  base = config_lib.EncoderConfig.from_json(os.path.join(directory, "config.json"))
+  model_config = dataclasses.replace(base, **config.model.overrides.to_dict())
+  model = encoder_lib.EncoderModel(model_config, num_labels=num_labels)
+  ids = jnp.zeros((1, 8), jnp.int32)
+  return model, model.init(rng, ids, ids + 1)["params"], tokenizer
+
+
+# ----------------------------------------------------------------------- optimizer
+
+
+def _decay_mask(params: Any) -> Any:
+  """No weight decay on biases and LayerNorm scales."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: path[-1].key not in ("bias", "scale"), params)
+
+
+def make_optimizer(settings: ml_collections.ConfigDict, train: ml_collections.ConfigDict,
+                   total_steps: int, freeze_pruning: bool) -> optax.GradientTransformation:
+  """AdamW with warmup + linear decay for the model; its own AdamW for pruning params.
+
+  Args:
+    settings: the stage's settings (learning_rate, pruning_learning_rate).
+    train: shared settings (warmup_ratio, weight_decay, grad_clip).
+    total_steps: optimizer steps in the stage.
+    freeze_pruning: pruning parameters get no updates (hard stage).
+  """
+  warmup = int(train.warmup_ratio * total_steps)
+  model_lr = optax.join_schedules(
+      [optax.linear_schedule(0.0, settings.learning_rate, max(warmup, 1)),
+       optax.linear_schedule(settings.learning_rate, 0.0, max(total_steps - warmup, 1))],
+      [max(warmup, 1)])
+  model_tx = optax.chain(
+      optax.clip_by_global_norm(train.grad_clip),
+      optax.adamw(model_lr, weight_decay=train.weight_decay, mask=_decay_mask))
+  if freeze_pruning:
+    pruning_tx = optax.set_to_zero()
+  else:
+    # Thresholds: no warmup, linear decay, no weight decay (LTP reference).
+    pruning_lr = optax.linear_schedule(settings.pruning_learning_rate, 0.0,
+                                       max(total_steps, 1))
+    pruning_tx = optax.chain(optax.clip_by_global_norm(train.grad_clip),
+                             optax.adamw(pruning_lr, weight_decay=0.0))
+  return optax.multi_transform({"model": model_tx, "pruning": pruning_tx},
+                               {"model": "model", "pruning": "pruning"})
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def task_loss(logits: jax.Array, labels: jax.Array, num_labels: int) -> jax.Array:
+  """Per-example loss: cross-entropy, or squared error for regression. -> [batch]."""
+  if num_labels == 1:
+    return jnp.square(logits[:, 0] - labels.astype(jnp.float32))
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels.astype(jnp.int32))
+
+
+def train_step(state: TrainState, batch: dict, rng: jax.Array,
+               reduce: Callable[[Any], Any], *, model: encoder_lib.EncoderModel,
+               tx: optax.GradientTransformation, method: pruning_base.Method,
+               stage: str) -> tuple[TrainState, dict]:
+  """One optimizer step on (this device's slice of) a batch.
+
+  The loss is the weighted mean over the *global* batch: each device divides its
+  weighted sum by the global weight, and `reduce` (a sum over devices, identity on
+  one) combines gradients, so any device count gives the same update.
+  """
+  rng = jax.random.fold_in(rng, state.step)
+  weights = batch["weights"]
+  total_weight = jnp.maximum(reduce(jnp.sum(weights)), 1.0)
+
+  def loss_fn(params):
+    out = model.apply({"params": params["model"]}, batch["input_ids"],
+                      batch["attention_mask"], batch["token_type_ids"],
+                      deterministic=False, rngs={"dropout": rng},
+                      prune_fn=method.prune_fn(params["pruning"], stage))
+    task = task_loss(out.logits, batch["labels"], model.num_labels)
+    reg = method.regularizer(out, batch["attention_mask"], stage)
+    loss = jnp.sum((task + reg) * weights) / total_weight
+    return loss, {"task_loss": jnp.sum(task * weights) / total_weight,
+                  "regularizer": jnp.sum(reg * weights) / total_weight}
+
+  grads, aux = jax.grad(loss_fn, has_aux=True)(state.params)
+  grads = reduce(grads)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = reduce(aux)
+  metrics["loss"] = metrics["task_loss"] + metrics["regularizer"]
+  metrics["grad_norm"] = optax.global_norm(grads["model"])
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(params: dict, batch: dict, *, model: encoder_lib.EncoderModel,
+              method: pruning_base.Method, stage: str) -> dict:
+  """Per-example outputs: logits and tokens entering each layer / kept after it."""
+  out = model.apply({"params": params["model"]}, batch["input_ids"],
+                    batch["attention_mask"], batch["token_type_ids"], deterministic=True,
+                    prune_fn=method.prune_fn(params["pruning"], stage))
+  real = batch["attention_mask"].astype(jnp.float32)
+  masks = out.token_masks or (real,) * model.config.num_hidden_layers
+  kept = jnp.stack([jnp.sum(m > 0, axis=-1) for m in masks], axis=-1)
+  return {"logits": out.logits, "kept": kept.astype(jnp.int32),
+          "length": jnp.sum(real, axis=-1).astype(jnp.int32)}
+
+
+# ------------------------------------------------------------------------ evaluate
+
+
+def predictions_from_logits(logits: np.ndarray, num_labels: int) -> np.ndarray:
+  return logits[:, 0] if num_labels == 1 else np.argmax(logits, axis=-1)
+
+
+def evaluate(p_eval: Callable, params: dict, data: batching.Encoded, task: str,
+             config: ml_collections.ConfigDict, mesh, pad_id: int,
+             model_config: config_lib.EncoderConfig) -> dict[str, Any]:
+  """GLUE metrics and FLOPs over a split; every example counted exactly once."""
+  info = glue.TASKS[task]
+  batch_size = parallel.global_batch_size(config.data.per_device_eval_batch_size, mesh)
+  n = len(data) if config.data.max_eval_examples is None else min(
+      config.data.max_eval_examples, len(data))
+  logits = np.zeros((n, info.num_labels), np.float32)
+  kept = np.zeros((n, model_config.num_hidden_layers), np.int32)
+  lengths = np.zeros((n,), np.int32)
+  seen = np.zeros((n,), bool)
+  for batch in batching.eval_batches(data, config.data.buckets, batch_size, pad_id, n):
+    index = batch.pop("index")
+    out = parallel.to_host(p_eval(params, parallel.shard_batch(batch, mesh)))
+    real = index >= 0
+    rows = index[real]
+    assert not seen[rows].any(), "an example was evaluated twice"
+    seen[rows] = True
+    logits[rows] = out["logits"][real]
+    kept[rows] = out["kept"][real]
+    lengths[rows] = out["length"][real]
+  assert seen.all(), "an example was not evaluated"
+  preds = predictions_from_logits(logits, info.num_labels)
+  result = metrics_lib.glue_metrics(task, preds, data.labels[:n])
+  result.update(flops_lib.summarize(lengths, kept, model_config, task))
+  return result
+
+
+# ----------------------------------------------------------------------- the stage
+
+
+class _StopRequest:
+  """Turns SIGINT/SIGTERM into a flag the loop checks after each step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGINT, signal.SIGTERM):
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    logging.warning("Signal %d: saving a checkpoint, then exiting.", signum)
+    self.requested = True
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+class Interrupted(Exception):
+  """Raised after a requested stop has been checkpointed."""
+
+
+@dataclasses.dataclass
+class RunContext:
+  """What every stage of a run shares."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  model: encoder_lib.EncoderModel
+  tokenizer: tokenization.Tokenizer
+  method: pruning_base.Method
+  train_data: batching.Encoded
+  eval_data: dict[str, batching.Encoded]
+  mesh: Any
+
+
+def run_stage(ctx: RunContext, stage: str, init_params: dict) -> tuple[dict, dict]:
+  """Trains one stage (resuming if possible). Returns (best params, stage summary)."""
+  config, mesh, model = ctx.config, ctx.mesh, ctx.model
+  stage_dir = os.path.join(ctx.workdir, stage)
+  os.makedirs(stage_dir, exist_ok=True)
+  settings = config.stage_settings[stage]
+  task = config.task
+  info = glue.TASKS[task]
+  is_main = jax.process_index() == 0
+
+  batch_size = parallel.global_batch_size(config.data.per_device_batch_size, mesh)
+  lengths = ctx.train_data.lengths
+  per_epoch = batching.steps_per_epoch(lengths, config.data.buckets, batch_size)
+  total_steps = per_epoch * settings.num_epochs
+  if config.train.max_steps:
+    total_steps = min(total_steps, config.train.max_steps)
+  tx = make_optimizer(settings, config.train, total_steps,
+                      freeze_pruning=(stage != "soft"))
+  state = TrainState(step=jnp.array(0, jnp.int32), params=init_params,
+                     opt_state=tx.init(init_params))
+  ckpts = checkpoints.StageCheckpoints(stage_dir)
+  restored = ckpts.restore_latest(state)
+  if restored is not None:
+    state = restored
+    logging.info("Resuming stage %s at step %d.", stage, int(state.step))
+  state = parallel.replicate(state, mesh)
+
+  p_train = parallel.data_parallel_train_step(
+      functools.partial(train_step, model=model, tx=tx, method=ctx.method, stage=stage),
+      mesh)
+  p_eval = parallel.data_parallel_eval_step(
+      functools.partial(eval_step, model=model, method=ctx.method, stage=stage), mesh)
+  eval_fn = lambda params, split: evaluate(p_eval, params, ctx.eval_data[split], task,
+                                           config, mesh, ctx.tokenizer.pad_token_id,
+                                           model.config)
+  main_split = info.eval_splits[0]
+  reporter = reporting.Reporter(stage_dir, enabled=is_main)
+  base_rng = jax.random.PRNGKey(config.seed + 1)
+  step = int(state.step)
+  start_time = time.time()
+  eval_every = config.train.eval_every_steps or per_epoch
+
+  def evaluate_and_keep_best(step):
+    result = eval_fn(state.params, main_split)
+    result.update(ctx.method.metrics(parallel.to_host(state.params["pruning"])))
+    reporter.write(step, f"eval_{main_split}", result)
+    if ckpts.save_best(step, state, result[info.metric]):
+      logging.info("New best %s %.4f at step %d.", info.metric, result[info.metric], step)
+
+  bar = tqdm.tqdm(total=total_steps, initial=step, desc=stage, unit="step",
+                  disable=not (is_main and config.train.progress_bar), dynamic_ncols=True)
+  try:
+    with _StopRequest() as stop:
+      while step < total_steps:
+        epoch, offset = divmod(step, per_epoch)
+        batches = batching.train_batches(ctx.train_data, config.data.buckets, batch_size,
+                                         config.seed, epoch, ctx.tokenizer.pad_token_id,
+                                         start=offset)
+        for batch in batches:
+          batch.pop("index")
+          state, train_metrics = p_train(state, parallel.shard_batch(batch, mesh),
+                                         base_rng)
+          step += 1
+          bar.update(1)
+          if step % config.train.log_every_steps == 0 or step == total_steps:
+            values = parallel.to_host(train_metrics)
+            bar.set_postfix(loss=f"{float(values['loss']):.4f}")
+            reporter.write(step, "train", values)
+          if step % eval_every == 0 or step == total_steps:
+            evaluate_and_keep_best(step)
+          if step % config.train.checkpoint_every_steps == 0 or step == total_steps:
+            ckpts.save_latest(step, state)
+          if stop.requested:
+            ckpts.save_latest(step, state)
+            raise Interrupted(f"Stopped at step {step} of stage {stage}; rerun the same "
+                              f"command to resume.")
+          if step >= total_steps:
+            break
+  finally:
+    bar.close()
+    reporter.close()
+
+  best = ckpts.restore_best(state)
+  ckpts.close()
+  best_params = best.params if best is not None else state.params
+  dev = {split: eval_fn(best_params, split) for split in info.eval_splits}
+  summary = {"stage": stage, "steps": total_steps, "epochs": settings.num_epochs,
+             "wall_time_s": time.time() - start_time, "dev": dev,
+             "pruning": ctx.method.metrics(parallel.to_host(best_params["pruning"]))}
+  if is_main:
+    reporting.write_json(os.path.join(stage_dir, "summary.json"), summary)
+  return best_params, summary
+
+
+# ---------------------------------------------------------------------------- run
+
+
+def load_split(config, tokenizer, split: str, limit: Optional[int]) -> batching.Encoded:
+  examples = glue.load_examples(config.task, split, glue_dir=config.data.glue_dir or None,
+                                source=config.data.source)
+  if limit is not None:
+    examples = glue.Examples(examples.text_a[:limit],
+                             examples.text_b[:limit] if examples.text_b else None,
+                             examples.labels[:limit])
+  return batching.encode(tokenizer, examples)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs every stage of `config.stages` in `workdir`; writes summary.json."""
+  parallel.maybe_initialize_distributed(config.distributed)
+  start = time.time()
+  info = glue.TASKS[config.task]
+  mesh = parallel.make_mesh(config.num_devices)
+  rng = jax.random.PRNGKey(config.seed)
+  model, model_params, tokenizer = build_model(config, info.num_labels, rng)
+  method = registry.get_method(config.pruning, model.config)
+  config.data.buckets = batching.normalize_buckets(config.data.buckets,
+                                                   config.data.max_length)
+  train_data = load_split(config, tokenizer, "train", config.data.max_train_examples)
+  eval_data = {s: load_split(config, tokenizer, s, config.data.max_eval_examples)
+               for s in info.eval_splits}
+  logging.info("Task %s: %d train examples, devices %s, global batch %d.", config.task,
+               len(train_data), mesh.devices.size,
+               parallel.global_batch_size(config.data.per_device_batch_size, mesh))
+  ctx = RunContext(config, workdir, model, tokenizer, method, train_data, eval_data, mesh)
+
+  params = {"model": model_params,
+            "pruning": method.init_params(jax.random.fold_in(rng, 1))}
+  if config.init_from:
+    params = _init_from(config.init_from, params)
+  stages = {}
+  for stage in config.stages:
+    if stage not in pruning_base.STAGES:
+      raise ValueError(f"Unknown stage {stage!r}; expected one of {pruning_base.STAGES}.")
+    params, stages[stage] = run_stage(ctx, stage, params)
+
+  last = stages[config.stages[-1]]
+  summary = {"task": config.task, "method": method.name,
+             "dev": last["dev"], "stages": stages,
+             "wall_time_s": time.time() - start,
+             "steps": sum(s["steps"] for s in stages.values()),
+             "devices": int(mesh.devices.size), "device_kind": jax.devices()[0].device_kind,
+             "config": config.to_dict()}
+  if jax.process_index() == 0:
+    reporting.write_json(os.path.join(workdir, "summary.json"), summary)
+  return summary
+
+
+def _init_from(workdir: str, params: dict) -> dict:
+  """Model parameters from the best checkpoint of another run's finetune stage."""
+  ckpts = checkpoints.StageCheckpoints(os.path.join(workdir, "finetune"))
+  restored = ckpts.restore_best_raw()
+  ckpts.close()
+  if restored is None:
+    raise FileNotFoundError(f"init_from={workdir!r} has no finetune/best checkpoint.")
+  model = jax.tree.map(lambda ref, x: jnp.asarray(x, ref.dtype), params["model"],
+                       restored["params"]["model"])
+  return {"model": model, "pruning": params["pruning"]}
