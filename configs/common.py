@@ -56,5 +56,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   })
 
   config.pruning = ml_collections.ConfigDict()
-  config.pruning.method = "none"
+  config.pruning.method = "none"          # none | ltp | threshold | topk
+  config.pruning.score_norm = "fixed"     # fixed | live (methods.md section 0)
+  config.pruning.score_norm_constant = 128.0
+  config.pruning.final_threshold = 0.01   # ltp / threshold: last layer's initial theta
+  config.pruning.temperature = 1e-3       # ltp soft mask temperature
+  config.pruning.reg_lambda = 0.1         # ltp mask regulariser weight
+  config.pruning.soft_variant = "reference"  # reference | cumulative
+  config.pruning.keep_rate = 0.5          # topk: keep rate at the last layer
   return config

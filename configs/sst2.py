@@ -1,4 +1,4 @@
-"""SST-2 with MiniLM-L6: fine-tune."""
+"""SST-2 with MiniLM-L6: the LTP pipeline, fine-tune -> soft -> hard."""
 
 from configs import common
 
@@ -7,4 +7,6 @@ def get_config():
   config = common.get_base_config()
   config.task = "sst2"
   config.data.buckets = (16, 24, 32, 48, 64, 128)
+  config.stages = ("finetune", "soft", "hard")
+  config.pruning.method = "ltp"
   return config.lock()

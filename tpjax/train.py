@@ -271,8 +271,10 @@ def run_stage(ctx: RunContext, stage: str, init_params: dict) -> tuple[dict, dic
   p_train = parallel.data_parallel_train_step(
       functools.partial(train_step, model=model, tx=tx, method=ctx.method, stage=stage),
       mesh)
+  # The soft stage is judged by the hard decisions inference will make.
+  eval_stage = "hard" if stage == "soft" else stage
   p_eval = parallel.data_parallel_eval_step(
-      functools.partial(eval_step, model=model, method=ctx.method, stage=stage), mesh)
+      functools.partial(eval_step, model=model, method=ctx.method, stage=eval_stage), mesh)
   eval_fn = lambda params, split: evaluate(p_eval, params, ctx.eval_data[split], task,
                                            config, mesh, ctx.tokenizer.pad_token_id,
                                            model.config)
@@ -350,6 +352,7 @@ def load_split(config, tokenizer, split: str, limit: Optional[int]) -> batching.
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs every stage of `config.stages` in `workdir`; writes summary.json."""
+  os.makedirs(workdir, exist_ok=True)
   parallel.maybe_initialize_distributed(config.distributed)
   start = time.time()
   info = glue.TASKS[config.task]
@@ -366,6 +369,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                len(train_data), mesh.devices.size,
                parallel.global_batch_size(config.data.per_device_batch_size, mesh))
   ctx = RunContext(config, workdir, model, tokenizer, method, train_data, eval_data, mesh)
+  if jax.process_index() == 0:
+    reporting.write_json(os.path.join(workdir, "config.json"), config.to_dict())
 
   params = {"model": model_params,
             "pruning": method.init_params(jax.random.fold_in(rng, 1))}

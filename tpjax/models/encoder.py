@@ -5,12 +5,14 @@ so that weight import is a rename and a transpose.
 
 Pruning plugs in through `prune_fn`, called after every layer's attention:
 
-    prune_fn(layer_index, attention_probs, token_mask, hidden) -> (token_mask, scale, aux)
+    prune_fn(layer_index, attention_probs, token_mask, hidden, lengths)
+        -> (token_mask, scale, aux)
 
     attention_probs  <float32>[batch, heads, seq, seq]  pre-dropout probabilities
     token_mask       <float32>[batch, seq]  1 live, 0 gone; soft values in between act
                      as soft key weights in the next layer's attention
     hidden           <float32>[batch, seq, hidden]  the layer's post-attention state
+    lengths          <int32>[batch]  real tokens per example before any pruning
     scale            <float32>[batch, seq] or None, multiplies the layer's output
     aux              any pytree, collected per layer in `EncoderOutput.prune_aux`
 
@@ -27,7 +29,8 @@ import jax.numpy as jnp
 
 from tpjax.models import config as config_lib
 
-PruneFn = Callable[[int, jax.Array, jax.Array, jax.Array], tuple[jax.Array, Optional[jax.Array], Any]]
+PruneFn = Callable[[int, jax.Array, jax.Array, jax.Array, jax.Array],
+                   tuple[jax.Array, Optional[jax.Array], Any]]
 
 _NEG_INF = -1e9
 
@@ -291,12 +294,13 @@ class EncoderModel(nn.Module):
     if self.is_initializing() and self.config.model_type == "bert":
       self.pooler(hidden)  # create pooler params for a bare BERT too
     token_mask = jnp.asarray(attention_mask, jnp.float32)
+    lengths = jnp.sum(token_mask > 0, axis=-1).astype(jnp.int32)
     all_hidden, all_attn, all_masks, all_aux = [hidden], [], [], []
     for index, layer in enumerate(self.layers):
       hidden, probs = layer.attend(hidden, token_mask, deterministic)
       scale = None
       if prune_fn is not None:
-        token_mask, scale, aux = prune_fn(index, probs, token_mask, hidden)
+        token_mask, scale, aux = prune_fn(index, probs, token_mask, hidden, lengths)
         all_masks.append(token_mask)
         all_aux.append(aux)
       hidden = layer.feed_forward(hidden, deterministic)

@@ -4,12 +4,25 @@ import ml_collections
 
 from tpjax.models import config as config_lib
 from tpjax.pruning import base
+from tpjax.pruning import ltp
+from tpjax.pruning import topk
+
+METHODS = ("none", "ltp", "threshold", "topk")
 
 
 def get_method(config: ml_collections.ConfigDict,
                model_config: config_lib.EncoderConfig) -> base.Method:
-  """Builds the pruning method named by `config.method`."""
-  del model_config
+  """Builds the pruning method named by `config.method`.
+
+  none: no pruning. ltp: learned thresholds (soft, then hard stage). threshold: the
+  manual linear threshold schedule, hard from the start. topk: top-k cascade.
+  """
+  layers = model_config.num_hidden_layers
   if config.method == "none":
     return base.Method()
-  raise ValueError(f"Unknown pruning method {config.method!r}; expected one of: none.")
+  if config.method in ("ltp", "threshold"):
+    return ltp.ThresholdMethod(config, layers, learned=config.method == "ltp")
+  if config.method == "topk":
+    return topk.TopKMethod(config, layers)
+  raise ValueError(f"Unknown pruning method {config.method!r}; expected one of "
+                   f"{', '.join(METHODS)}.")

@@ -1,0 +1,1 @@
+"""Inference: loading trained runs, the bucketed compaction engine, CLIs."""
