@@ -97,20 +97,7 @@ def _save_checkpoint(directory, tensors, config):
 
 
 def _as_hf(params):
-  """Inverse of the import rename, enough for round-trip tests."""
-  out = {}
-  for path, value in jax.tree_util.tree_flatten_with_path(params)[0]:
-    names = [p.key for p in path]
-    leaf = names[-1]
-    scope = ".".join(names[:-1])
-    value = np.asarray(value)
-    if leaf == "kernel":
-      out[f"bert.{scope}.weight"] = value.T.copy()
-    elif leaf in ("scale", "embedding"):
-      out[f"bert.{scope}.weight"] = value
-    else:
-      out[f"bert.{scope}.{leaf}"] = value
-  return out
+  return hf_weights.export_state_dict(params, "bert")
 
 
 def test_import_round_trip_and_fresh_head(tmp_path):

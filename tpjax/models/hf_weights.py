@@ -89,6 +89,28 @@ def convert(tensors: Mapping[str, np.ndarray]) -> tuple[dict, list[str]]:
   return flat, ignored
 
 
+def export_state_dict(params: dict, model_type: str) -> dict[str, np.ndarray]:
+  """The inverse of `convert`: tpjax params -> HF tensor names (for PyTorch).
+
+  Base-model entries get the `bert.` / `roberta.` prefix of the *ForSequence-
+  Classification classes; the classifier keeps its own name.
+  """
+  out = {}
+  flat = flax.traverse_util.flatten_dict(params)
+  for path, value in flat.items():
+    *scope, leaf = path
+    value = np.asarray(value)
+    prefix = "" if scope[0] == "classifier" else f"{model_type}."
+    name = prefix + ".".join(scope)
+    if leaf == "kernel":
+      out[f"{name}.weight"] = np.ascontiguousarray(value.T)
+    elif leaf in ("scale", "embedding"):
+      out[f"{name}.weight"] = value
+    else:
+      out[f"{name}.{leaf}"] = value
+  return out
+
+
 def init_shapes(model: encoder_lib.EncoderModel) -> dict:
   """Parameter shapes of a fresh init, computed without allocating."""
   ids = jnp.zeros((1, 8), jnp.int32)

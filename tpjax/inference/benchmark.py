@@ -1,0 +1,247 @@
+"""`python -m tpjax.benchmark --workdir=DIR`: is pruned inference really faster?
+
+Measures, in one process on the same dev examples, with timed rounds interleaved
+between systems (so machine noise hits all of them alike) and the median reported:
+  pruned        the trained method through the compaction engine
+  unpruned      the same weights, no pruning, through the same bucketing
+  keep_all      the compaction path with a pruning rule that keeps every token
+  padded        no pruning, every batch padded to max_length (the references' setting)
+  hf_pytorch    Hugging Face PyTorch on the same weights and threads (if installed),
+                dynamic padding in dataset order
+Throughput at --batch_size (examples/s and real tokens/s) and latency at batch 1
+(p50/p99) go to a JSON file under benchmarks/results/.
+"""
+
+import json
+import os
+import platform
+import time
+from typing import Callable, Optional
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import numpy as np
+
+from tpjax import train
+from tpjax.data import batching
+from tpjax.data import glue
+from tpjax.inference import engine as engine_lib
+from tpjax.inference import loading
+from tpjax.models import hf_weights
+from tpjax.pruning import flops as flops_lib
+from tpjax.pruning import registry
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A trained tpjax run.")
+_TASK = flags.DEFINE_string("task", None, "GLUE task (default: the run's task).")
+_SPLIT = flags.DEFINE_string("split", None, "Split (default: the task's first dev split).")
+_BATCH = flags.DEFINE_integer("batch_size", 32, "Throughput batch size.")
+_ROUNDS = flags.DEFINE_integer("rounds", 5, "Timed rounds per system (median kept).")
+_LATENCY_N = flags.DEFINE_integer("latency_examples", 200, "Examples timed at batch 1.")
+_MAX_EXAMPLES = flags.DEFINE_integer("max_examples", None, "Cap on examples (smoke runs).")
+_SYSTEMS = flags.DEFINE_list("systems", ["pruned", "unpruned", "keep_all", "padded",
+                                         "hf_pytorch"], "Systems to measure.")
+_OUT = flags.DEFINE_string("out", None, "JSON path (default benchmarks/results/...).")
+
+
+def _time(fn: Callable[[], object]) -> float:
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start
+
+
+def _engine_pass(engine: engine_lib.Engine, batches: list[dict]) -> Callable[[], None]:
+  def run():
+    for batch in batches:
+      engine(batch)
+  return run
+
+
+def _hf_model(run: loading.TrainedRun):
+  """The same weights in transformers' PyTorch *ForSequenceClassification."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  cfg = run.model.config
+  kind = {"bert": (transformers.BertConfig, transformers.BertForSequenceClassification),
+          "roberta": (transformers.RobertaConfig,
+                      transformers.RobertaForSequenceClassification)}[cfg.model_type]
+  hf_config = kind[0](**{k: v for k, v in cfg.to_dict().items() if k != "model_type"},
+                      num_labels=run.model.num_labels)
+  model = kind[1](hf_config).eval()
+  state = {k: torch.from_numpy(np.array(v)) for k, v in
+           hf_weights.export_state_dict(run.params["model"], cfg.model_type).items()}
+  missing, unexpected = model.load_state_dict(state, strict=False)
+  missing = [k for k in missing if not k.endswith("position_ids")]
+  if missing or unexpected:
+    raise ValueError(f"PyTorch copy does not fit: missing {missing}, unexpected {unexpected}")
+  return model
+
+
+def _hf_batches(data: batching.Encoded, n: int, batch_size: int, pad_id: int):
+  """Dataset order, each batch padded to its own longest example (HF's default)."""
+  out = []
+  for start in range(0, n, batch_size):
+    idx = np.arange(start, min(start + batch_size, n))
+    length = int(data.lengths[idx].max())
+    out.append(batching.make_batch(data, idx, len(idx), length, pad_id))
+  return out
+
+
+def _hf_pass(model, batches: list[dict]) -> Callable[[], None]:
+  import torch  # pylint: disable=g-import-not-at-top
+
+  tensors = [{k: torch.from_numpy(b[k]).long()
+              for k in ("input_ids", "attention_mask", "token_type_ids")} for b in batches]
+
+  def run():
+    with torch.inference_mode():
+      for t in tensors:
+        model(**t)
+  return run
+
+
+def _percentiles(times: list[float]) -> dict[str, float]:
+  ms = np.asarray(times) * 1000
+  return {"latency_p50_ms": float(np.percentile(ms, 50)),
+          "latency_p99_ms": float(np.percentile(ms, 99))}
+
+
+def benchmark(workdir: str, task: Optional[str], split: Optional[str], batch_size: int,
+              rounds: int, latency_examples: int, max_examples: Optional[int],
+              systems: list[str]) -> dict:
+  """Runs every system; returns the result dict (also what is written as JSON)."""
+  run = loading.load_run(workdir)
+  config = run.config
+  task = task or config.task
+  info = glue.TASKS[task]
+  split = split or info.eval_splits[0]
+  buckets = batching.normalize_buckets(config.data.buckets, config.data.max_length)
+  config.task = task
+  data = train.load_split(config, run.tokenizer, split, max_examples)
+  n = len(data)
+  pad = run.tokenizer.pad_token_id
+  real_tokens = int(data.lengths.sum())
+
+  keep_all_cfg = config.pruning.copy_and_resolve_references()
+  keep_all_cfg.update({"method": "threshold", "final_threshold": -1.0})
+  engines = {
+      "pruned": engine_lib.Engine(run.model, run.params,
+                                  run.method if run.prune_stage == "hard" else None,
+                                  buckets),
+      "unpruned": engine_lib.Engine(run.model, run.params, None, buckets),
+      "keep_all": engine_lib.Engine(run.model, {"model": run.params["model"], "pruning": {}},
+                                    registry.get_method(keep_all_cfg, run.model.config),
+                                    buckets),
+      "padded": engine_lib.Engine(run.model, run.params, None, (config.data.max_length,)),
+  }
+  engines = {k: v for k, v in engines.items() if k in systems}
+  throughput_batches = {
+      name: list(batching.eval_batches(data, e.buckets, batch_size, pad))
+      for name, e in engines.items()}
+  passes = {}
+  for name, engine in engines.items():
+    logging.info("Warming up %s: %d compiled segments.", name,
+                 engine.warm_up(batch_size) + engine.warm_up(1))
+    passes[name] = _engine_pass(engine, throughput_batches[name])
+
+  hf_model = None
+  if "hf_pytorch" in systems:
+    try:
+      import torch  # pylint: disable=g-import-not-at-top
+      torch.set_num_threads(os.cpu_count())
+      hf_model = _hf_model(run)
+      passes["hf_pytorch"] = _hf_pass(hf_model, _hf_batches(data, n, batch_size, pad))
+      passes["hf_pytorch"]()  # warm-up
+    except ImportError:
+      logging.warning("torch/transformers not installed: skipping hf_pytorch.")
+
+  timings = {name: [] for name in passes}
+  for r in range(rounds):
+    for name, fn in passes.items():
+      timings[name].append(_time(fn))
+    logging.info("Round %d: %s", r, {k: round(v[-1], 3) for k, v in timings.items()})
+
+  results = {}
+  for name, times in timings.items():
+    seconds = float(np.median(times))
+    results[name] = {"seconds": seconds, "examples_per_s": n / seconds,
+                     "tokens_per_s": real_tokens / seconds,
+                     "rounds_s": [round(t, 4) for t in times]}
+
+  # Latency at batch 1 on the first examples, alternating systems per example.
+  lat_n = min(latency_examples, n)
+  lat_times = {name: [] for name in passes}
+  hf_singles = _hf_batches(data, lat_n, 1, pad)
+  for i in range(lat_n):
+    for name, engine in engines.items():
+      b = batching.make_batch(data, [i], 1, engine.bucket_for(int(data.lengths[i])), pad)
+      lat_times[name].append(_time(lambda e=engine, b=b: e(b)))
+    if hf_model is not None:
+      lat_times["hf_pytorch"].append(_time(_hf_pass(hf_model, [hf_singles[i]])))
+  for name, times in lat_times.items():
+    results[name].update(_percentiles(times))
+
+  # FLOPs and a correctness check of the PyTorch copy.
+  kept = np.zeros((n, run.model.config.num_hidden_layers), np.int32)
+  for batch in throughput_batches.get("pruned", []):
+    out = engines["pruned"](batch)
+    real = batch["index"] >= 0
+    kept[batch["index"][real]] = out["kept"][real]
+  summary = {}
+  if "pruned" in engines:
+    summary = flops_lib.summarize(data.lengths, kept, run.model.config, task)
+  if hf_model is not None and "unpruned" in engines:
+    import torch  # pylint: disable=g-import-not-at-top
+    b = _hf_batches(data, min(n, 64), 64, pad)[0]
+    with torch.inference_mode():
+      theirs = hf_model(**{k: torch.from_numpy(b[k]).long() for k in
+                           ("input_ids", "attention_mask", "token_type_ids")}).logits.numpy()
+    ours = engines["unpruned"](b)["logits"]
+    summary["hf_max_abs_logit_diff"] = float(np.abs(theirs - ours).max())
+
+  ratios = {}
+  if "pruned" in results and "unpruned" in results:
+    speedup = results["unpruned"]["seconds"] / results["pruned"]["seconds"]
+    reduction = 1.0 / summary["relative_flops"]
+    ratios.update({"speedup_pruned_vs_unpruned": speedup, "flops_reduction": reduction,
+                   "speedup_over_flops_reduction": speedup / reduction})
+  if "keep_all" in results and "unpruned" in results:
+    ratios["keep_all_overhead"] = (results["keep_all"]["seconds"] /
+                                   results["unpruned"]["seconds"] - 1.0)
+  if "hf_pytorch" in results:
+    for name in ("pruned", "unpruned"):
+      if name in results:
+        ratios[f"{name}_vs_hf_pytorch"] = (results["hf_pytorch"]["seconds"] /
+                                           results[name]["seconds"])
+  return {
+      "workdir": workdir, "task": task, "split": split, "examples": n,
+      "real_tokens": real_tokens, "batch_size": batch_size, "rounds": rounds,
+      "latency_examples": lat_n, "method": run.method.name, "stage": run.stage,
+      "buckets": list(buckets), "device": jax.devices()[0].device_kind,
+      "jax_devices": jax.device_count(), "cpu_count": os.cpu_count(),
+      "platform": platform.platform(), "systems": results, "ratios": ratios,
+      "pruning": summary,
+  }
+
+
+def main(argv):
+  del argv
+  result = benchmark(_WORKDIR.value, _TASK.value, _SPLIT.value, _BATCH.value,
+                     _ROUNDS.value, _LATENCY_N.value, _MAX_EXAMPLES.value, _SYSTEMS.value)
+  out = _OUT.value or os.path.join(
+      "benchmarks", "results",
+      f"inference_{result['task']}_{os.path.basename(os.path.normpath(_WORKDIR.value))}.json")
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  with open(out, "w") as f:
+    json.dump(result, f, indent=2)
+  for name, r in result["systems"].items():
+    print(f"{name:>11}: {r['examples_per_s']:8.1f} ex/s  {r['tokens_per_s']:9.0f} tok/s  "
+          f"p50 {r['latency_p50_ms']:.2f} ms  p99 {r['latency_p99_ms']:.2f} ms")
+  print(json.dumps(result["ratios"], indent=2))
+  print(f"relative FLOPs {result['pruning'].get('relative_flops')}; written to {out}")
+
+
+def run_main():
+  flags.mark_flag_as_required("workdir")
+  app.run(main)

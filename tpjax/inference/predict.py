@@ -1,0 +1,141 @@
+"""`python -m tpjax.predict --workdir=DIR --input=FILE|-`: one JSON line per input line.
+
+Input is text, one example per line; for sentence-pair tasks the two texts are
+separated by a tab. Output lines come in input order. A bad line (empty, invalid
+UTF-8, or the wrong number of fields) gets an output line with an "error" field and
+never stops the run or shifts other lines; over-long inputs are truncated and marked.
+"""
+
+import json
+import sys
+from typing import IO, Iterator, Optional
+
+from absl import app
+from absl import flags
+import numpy as np
+
+from tpjax.data import batching
+from tpjax.data import glue
+from tpjax.inference import engine as engine_lib
+from tpjax.inference import loading
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A trained tpjax run.")
+_INPUT = flags.DEFINE_string("input", "-", "Input file, or - for stdin.")
+_OUTPUT = flags.DEFINE_string("output", "-", "Output file, or - for stdout.")
+_BATCH = flags.DEFINE_integer("batch_size", 32, "Examples per forward pass.")
+_CHUNK = flags.DEFINE_integer("chunk", 1024, "Lines read before results are written.")
+_SHOW_KEPT = flags.DEFINE_bool("show_kept", False,
+                               "Also list which tokens each layer kept.")
+_NO_PRUNE = flags.DEFINE_bool("no_prune", False, "Run the model without pruning.")
+
+
+def parse_line(raw: bytes, pair: bool) -> tuple[Optional[tuple], Optional[str]]:
+  """Returns ((text_a, text_b or None), None) or (None, error message)."""
+  try:
+    line = raw.decode("utf-8").rstrip("\r\n")
+  except UnicodeDecodeError as e:
+    return None, f"invalid UTF-8 at byte {e.start}"
+  if not line.strip():
+    return None, "empty input"
+  if not pair:
+    return (line, None), None
+  fields = line.split("\t")
+  if len(fields) != 2:
+    return None, f"expected 2 tab-separated texts for a pair task, got {len(fields)}"
+  return (fields[0], fields[1]), None
+
+
+def _chunks(stream: IO[bytes], size: int) -> Iterator[list[bytes]]:
+  chunk = []
+  for raw in stream:
+    chunk.append(raw)
+    if len(chunk) == size:
+      yield chunk
+      chunk = []
+  if chunk:
+    yield chunk
+
+
+class Predictor:
+  """Tokenizes, buckets and runs lines through the compaction engine."""
+
+  def __init__(self, run: loading.TrainedRun, batch_size: int, prune: bool = True):
+    self.run = run
+    self.info = glue.TASKS[run.config.task]
+    self.pair = len(self.info.text_keys) == 2
+    self.batch_size = batch_size
+    self.buckets = batching.normalize_buckets(run.config.data.buckets,
+                                              run.config.data.max_length)
+    method = run.method if prune and run.prune_stage == "hard" else None
+    self.engine = engine_lib.Engine(run.model, run.params, method, self.buckets)
+
+  def predict_lines(self, lines: list[bytes], first_line: int,
+                    show_kept: bool = False) -> list[dict]:
+    results = [None] * len(lines)
+    texts, rows = [], []
+    for i, raw in enumerate(lines):
+      parsed, error = parse_line(raw, self.pair)
+      if error:
+        results[i] = {"line": first_line + i, "error": error}
+      else:
+        texts.append(parsed)
+        rows.append(i)
+    if texts:
+      tok = self.run.tokenizer
+      encodings = tok.encode([t[0] for t in texts],
+                             [t[1] for t in texts] if self.pair else None)
+      labels = np.zeros(len(encodings), np.int32)
+      data = batching.Encoded([np.asarray(e.ids, np.int32) for e in encodings],
+                              [np.asarray(e.type_ids, np.int32) for e in encodings], labels)
+      for batch in batching.eval_batches(data, self.buckets, self.batch_size,
+                                         tok.pad_token_id):
+        index = batch["index"]
+        out = self.engine(batch, return_kept_positions=show_kept)
+        for r in np.flatnonzero(index >= 0):
+          enc = encodings[index[r]]
+          results[rows[index[r]]] = self._record(first_line + rows[index[r]], enc, out, r,
+                                                 show_kept)
+    return results
+
+  def _record(self, line: int, enc, out: dict, r: int, show_kept: bool) -> dict:
+    logits = out["logits"][r]
+    record = {"line": line}
+    if self.info.num_labels == 1:
+      record["score"] = float(logits[0])
+    else:
+      probs = np.exp(logits - logits.max())
+      probs /= probs.sum()
+      record["label"] = int(np.argmax(logits))
+      record["probabilities"] = [round(float(p), 6) for p in probs]
+    record["tokens"] = len(enc.ids)
+    record["truncated"] = bool(enc.overflowing)
+    record["kept_per_layer"] = out["kept"][r].tolist()
+    if show_kept:
+      record["kept_tokens"] = [[enc.tokens[j] for j in np.flatnonzero(layer[r])]
+                               for layer in out["kept_positions"]]
+    return record
+
+
+def main(argv):
+  del argv
+  run = loading.load_run(_WORKDIR.value)
+  predictor = Predictor(run, _BATCH.value, prune=not _NO_PRUNE.value)
+  source = sys.stdin.buffer if _INPUT.value == "-" else open(_INPUT.value, "rb")
+  sink = sys.stdout if _OUTPUT.value == "-" else open(_OUTPUT.value, "w")
+  line = 1
+  try:
+    for chunk in _chunks(source, _CHUNK.value):
+      for record in predictor.predict_lines(chunk, line, _SHOW_KEPT.value):
+        sink.write(json.dumps(record) + "\n")
+      sink.flush()
+      line += len(chunk)
+  finally:
+    if source is not sys.stdin.buffer:
+      source.close()
+    if sink is not sys.stdout:
+      sink.close()
+
+
+def run_main():
+  flags.mark_flag_as_required("workdir")
+  app.run(main)
