@@ -3,13 +3,16 @@
 import ml_collections
 
 
-def stage(num_epochs: float, learning_rate: float,
-          pruning_learning_rate: float = 0.0) -> ml_collections.ConfigDict:
+def stage(num_epochs: float, learning_rate: float, pruning_learning_rate: float = 0.0,
+          handover: str = "best") -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
-      "num_epochs": num_epochs,
+      "num_epochs": float(num_epochs),  # fractional epochs allowed
       "learning_rate": learning_rate,
       # Learning rate of the method's own parameters (soft stage only).
       "pruning_learning_rate": pruning_learning_rate,
+      # What the next stage starts from: 'best' dev checkpoint, or the 'last' state
+      # (the soft stage's job is to learn thresholds, which its last state holds).
+      "handover": handover,
   })
 
 
@@ -51,7 +54,8 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   config.stage_settings = ml_collections.ConfigDict({
       "finetune": stage(num_epochs=1, learning_rate=5e-5),
-      "soft": stage(num_epochs=1, learning_rate=2e-5, pruning_learning_rate=2e-5),
+      "soft": stage(num_epochs=1, learning_rate=2e-5, pruning_learning_rate=2e-5,
+                    handover="last"),
       "hard": stage(num_epochs=1, learning_rate=1e-5),
   })
 
@@ -61,7 +65,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.pruning.score_norm_constant = 128.0
   config.pruning.final_threshold = 0.01   # ltp / threshold: last layer's initial theta
   config.pruning.temperature = 1e-3       # ltp soft mask temperature
-  config.pruning.reg_lambda = 0.1         # ltp mask regulariser weight
-  config.pruning.soft_variant = "reference"  # reference | cumulative
+  config.pruning.reg_lambda = 0.05        # ltp mask regulariser weight
+  # cumulative: soft masks multiply across layers and softly mask later keys, as hard
+  # pruning does at inference; reference: the LTP code's per-layer output scaling,
+  # which collapsed under hard evaluation on SST-2 (README, "Choosing the variant").
+  config.pruning.soft_variant = "cumulative"  # cumulative | reference
   config.pruning.keep_rate = 0.5          # topk: keep rate at the last layer
   return config

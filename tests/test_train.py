@@ -5,7 +5,6 @@ import os
 import signal
 
 import jax
-import numpy as np
 import pytest
 
 from tests import helpers

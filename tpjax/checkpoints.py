@@ -22,6 +22,13 @@ def _manager(directory: str) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
+def _restore(manager: ocp.CheckpointManager, target: Any) -> Optional[Any]:
+  step = manager.latest_step()
+  if step is None:
+    return None
+  return manager.restore(step, args=ocp.args.StandardRestore(target))
+
+
 class StageCheckpoints:
   """The latest and best checkpoints of one stage."""
 
@@ -37,10 +44,7 @@ class StageCheckpoints:
 
   def restore_latest(self, target: Any) -> Optional[Any]:
     """Restores the latest state into `target`'s structure; None if there is none."""
-    step = self.latest.latest_step()
-    if step is None:
-      return None
-    return self.latest.restore(step, args=ocp.args.StandardRestore(target))
+    return _restore(self.latest, target)
 
   def best_metric(self) -> Optional[float]:
     step = self.best.latest_step()
@@ -63,18 +67,9 @@ class StageCheckpoints:
       json.dump({"step": step, "dev_metric": float(dev_metric)}, f)
     return True
 
-  def restore_best(self, target: Any) -> Optional[Any]:
-    step = self.best.latest_step()
-    if step is None:
-      return None
-    return self.best.restore(step, args=ocp.args.StandardRestore(target))
-
-  def restore_best_raw(self) -> Optional[Any]:
-    """The best state as saved (nested dicts), without a target structure."""
-    step = self.best.latest_step()
-    if step is None:
-      return None
-    return self.best.restore(step, args=ocp.args.StandardRestore())
+  def restore_best(self, target: Any = None) -> Optional[Any]:
+    """The best state, into `target`'s structure or, without one, as nested dicts."""
+    return _restore(self.best, target)
 
   def close(self) -> None:
     self.latest.close()

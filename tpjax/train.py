@@ -242,11 +242,18 @@ class RunContext:
 
 
 def run_stage(ctx: RunContext, stage: str, init_params: dict) -> tuple[dict, dict]:
-  """Trains one stage (resuming if possible). Returns (best params, stage summary)."""
+  """Trains one stage (resuming if possible).
+
+  Returns:
+    (the parameters handed to the next stage: best or last, per the stage's
+    `handover` setting; the stage summary with their dev metrics).
+  """
   config, mesh, model = ctx.config, ctx.mesh, ctx.model
   stage_dir = os.path.join(ctx.workdir, stage)
   os.makedirs(stage_dir, exist_ok=True)
   settings = config.stage_settings[stage]
+  if settings.handover not in ("best", "last"):
+    raise ValueError(f"handover {settings.handover!r} is not 'best' or 'last'.")
   task = config.task
   info = glue.TASKS[task]
   is_main = jax.process_index() == 0
@@ -254,7 +261,7 @@ def run_stage(ctx: RunContext, stage: str, init_params: dict) -> tuple[dict, dic
   batch_size = parallel.global_batch_size(config.data.per_device_batch_size, mesh)
   lengths = ctx.train_data.lengths
   per_epoch = batching.steps_per_epoch(lengths, config.data.buckets, batch_size)
-  total_steps = per_epoch * settings.num_epochs
+  total_steps = max(1, round(per_epoch * settings.num_epochs))
   if config.train.max_steps:
     total_steps = min(total_steps, config.train.max_steps)
   tx = make_optimizer(settings, config.train, total_steps,
@@ -325,16 +332,18 @@ def run_stage(ctx: RunContext, stage: str, init_params: dict) -> tuple[dict, dic
     bar.close()
     reporter.close()
 
-  best = ckpts.restore_best(state)
+  best = ckpts.restore_best(state) if settings.handover == "best" else None
   ckpts.close()
-  best_params = best.params if best is not None else state.params
-  dev = {split: eval_fn(best_params, split) for split in info.eval_splits}
+  handover = best.params if best is not None else state.params
+  dev = {split: eval_fn(handover, split) for split in info.eval_splits}
   summary = {"stage": stage, "steps": total_steps, "epochs": settings.num_epochs,
+             "handover": settings.handover,
+             # time of this invocation only: a resumed stage counts from the resume
              "wall_time_s": time.time() - start_time, "dev": dev,
-             "pruning": ctx.method.metrics(parallel.to_host(best_params["pruning"]))}
+             "pruning": ctx.method.metrics(parallel.to_host(handover["pruning"]))}
   if is_main:
     reporting.write_json(os.path.join(stage_dir, "summary.json"), summary)
-  return best_params, summary
+  return handover, summary
 
 
 # ---------------------------------------------------------------------------- run
@@ -397,7 +406,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def _init_from(workdir: str, params: dict) -> dict:
   """Model parameters from the best checkpoint of another run's finetune stage."""
   ckpts = checkpoints.StageCheckpoints(os.path.join(workdir, "finetune"))
-  restored = ckpts.restore_best_raw()
+  restored = ckpts.restore_best()
   ckpts.close()
   if restored is None:
     raise FileNotFoundError(f"init_from={workdir!r} has no finetune/best checkpoint.")

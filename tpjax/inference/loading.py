@@ -57,7 +57,7 @@ def load_run(workdir: str, stage: Optional[str] = None,
   stages = [stage] if stage else list(reversed(config.stages))
   for name in stages:
     ckpts = checkpoints.StageCheckpoints(os.path.join(workdir, name))
-    raw = ckpts.restore_best_raw()
+    raw = ckpts.restore_best()
     ckpts.close()
     if raw is not None:
       break

@@ -1,4 +1,4 @@
-"""`python -m tpjax.predict --workdir=DIR --input=FILE|-`: one JSON line per input line.
+"""Predictions for text lines, one record per line (behind `python -m tpjax.predict`).
 
 Input is text, one example per line; for sentence-pair tasks the two texts are
 separated by a tab. Output lines come in input order. A bad line (empty, invalid
@@ -6,28 +6,14 @@ UTF-8, or the wrong number of fields) gets an output line with an "error" field 
 never stops the run or shifts other lines; over-long inputs are truncated and marked.
 """
 
-import json
-import sys
 from typing import IO, Iterator, Optional
 
-from absl import app
-from absl import flags
 import numpy as np
 
 from tpjax.data import batching
 from tpjax.data import glue
 from tpjax.inference import engine as engine_lib
 from tpjax.inference import loading
-
-_WORKDIR = flags.DEFINE_string("workdir", None, "A trained tpjax run.")
-_INPUT = flags.DEFINE_string("input", "-", "Input file, or - for stdin.")
-_OUTPUT = flags.DEFINE_string("output", "-", "Output file, or - for stdout.")
-_BATCH = flags.DEFINE_integer("batch_size", 32, "Examples per forward pass.")
-_CHUNK = flags.DEFINE_integer("chunk", 1024, "Lines read before results are written.")
-_SHOW_KEPT = flags.DEFINE_bool("show_kept", False,
-                               "Also list which tokens each layer kept.")
-_NO_PRUNE = flags.DEFINE_bool("no_prune", False, "Run the model without pruning.")
-
 
 def parse_line(raw: bytes, pair: bool) -> tuple[Optional[tuple], Optional[str]]:
   """Returns ((text_a, text_b or None), None) or (None, error message)."""
@@ -45,7 +31,7 @@ def parse_line(raw: bytes, pair: bool) -> tuple[Optional[tuple], Optional[str]]:
   return (fields[0], fields[1]), None
 
 
-def _chunks(stream: IO[bytes], size: int) -> Iterator[list[bytes]]:
+def chunks(stream: IO[bytes], size: int) -> Iterator[list[bytes]]:
   chunk = []
   for raw in stream:
     chunk.append(raw)
@@ -114,28 +100,3 @@ class Predictor:
       record["kept_tokens"] = [[enc.tokens[j] for j in np.flatnonzero(layer[r])]
                                for layer in out["kept_positions"]]
     return record
-
-
-def main(argv):
-  del argv
-  run = loading.load_run(_WORKDIR.value)
-  predictor = Predictor(run, _BATCH.value, prune=not _NO_PRUNE.value)
-  source = sys.stdin.buffer if _INPUT.value == "-" else open(_INPUT.value, "rb")
-  sink = sys.stdout if _OUTPUT.value == "-" else open(_OUTPUT.value, "w")
-  line = 1
-  try:
-    for chunk in _chunks(source, _CHUNK.value):
-      for record in predictor.predict_lines(chunk, line, _SHOW_KEPT.value):
-        sink.write(json.dumps(record) + "\n")
-      sink.flush()
-      line += len(chunk)
-  finally:
-    if source is not sys.stdin.buffer:
-      source.close()
-    if sink is not sys.stdout:
-      sink.close()
-
-
-def run_main():
-  flags.mark_flag_as_required("workdir")
-  app.run(main)

@@ -1,0 +1,87 @@
+"""tpjax.predict: input order, bad lines, truncation, and the command line."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests import helpers
+from tpjax import train
+from tpjax.inference import loading
+from tpjax.inference import predict
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  glue_dir = helpers.write_sst2(str(tmp_path_factory.mktemp("glue")))
+  config = helpers.tiny_config(glue_dir, max_steps=4)
+  config.num_devices = 1
+  config.stages = ("finetune", "hard")
+  config.pruning.method = "threshold"
+  config.pruning.final_threshold = 0.02
+  directory = str(tmp_path_factory.mktemp("run"))
+  train.train_and_evaluate(config, directory)
+  return directory
+
+
+def test_bad_lines_get_their_own_output(workdir):
+  predictor = predict.Predictor(loading.load_run(workdir), batch_size=4)
+  lines = [b"a good film\n", b"\n", b"bad \xff\xfe bytes\n", b"   \n",
+           ("word " * 500 + "\n").encode(), b"the plot is dull\n"]
+  out = predictor.predict_lines(lines, first_line=10, show_kept=True)
+  assert [r["line"] for r in out] == list(range(10, 16))
+  assert out[1]["error"] == "empty input" and out[3]["error"] == "empty input"
+  assert "invalid UTF-8" in out[2]["error"]
+  assert out[4]["truncated"] and out[4]["tokens"] == 32
+  assert not out[0]["truncated"]
+  for r in (out[0], out[4], out[5]):
+    assert r["label"] in (0, 1)
+    assert abs(sum(r["probabilities"]) - 1) < 1e-5
+    assert len(r["kept_per_layer"]) == 2
+    assert [len(k) for k in r["kept_tokens"]] == r["kept_per_layer"]
+    assert all(k[0] == "[CLS]" for k in r["kept_tokens"])
+
+
+def test_results_do_not_depend_on_neighbours(workdir):
+  predictor = predict.Predictor(loading.load_run(workdir), batch_size=4)
+  lines = [b"good film\n", b"awful plot\n", b"a very dull story about the film\n"]
+  together = predictor.predict_lines(lines, 1)
+  for i, line in enumerate(lines):
+    alone = predictor.predict_lines([line], 1)[0]
+    np.testing.assert_allclose(alone["probabilities"], together[i]["probabilities"],
+                               atol=1e-5)
+    assert alone["kept_per_layer"] == together[i]["kept_per_layer"]
+
+
+def test_pair_lines_need_two_fields():
+  assert predict.parse_line(b"a\tb\n", pair=True) == (("a", "b"), None)
+  assert "2 tab-separated" in predict.parse_line(b"only one\n", pair=True)[1]
+  assert predict.parse_line(b"a\tb\n", pair=False) == (("a\tb", None), None)
+
+
+def test_command_line_reads_stdin(workdir):
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  result = subprocess.run(
+      [sys.executable, "-m", "tpjax.predict", f"--workdir={workdir}", "--input=-"],
+      input=b"a good film\n\nthe plot\n", capture_output=True, env=env, check=True,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  rows = [json.loads(line) for line in result.stdout.decode().splitlines()]
+  assert [r["line"] for r in rows] == [1, 2, 3]
+  assert "error" in rows[1] and "label" in rows[0] and "label" in rows[2]
+
+
+def test_benchmark_runs_every_system(workdir):
+  from tpjax.inference import benchmark  # pylint: disable=g-import-not-at-top
+  pytest.importorskip("transformers")
+  result = benchmark.benchmark(workdir, None, None, batch_size=4, rounds=1,
+                               latency_examples=2, max_examples=8,
+                               systems=["pruned", "unpruned", "keep_all", "padded",
+                                        "hf_pytorch"])
+  assert set(result["systems"]) == {"pruned", "unpruned", "keep_all", "padded",
+                                    "hf_pytorch"}
+  assert result["pruning"]["hf_max_abs_logit_diff"] < 1e-4
+  assert 0 < result["pruning"]["relative_flops"] <= 1
+  assert {"speedup_pruned_vs_unpruned", "keep_all_overhead"} <= set(result["ratios"])
