@@ -23,6 +23,8 @@ from tpjax.inference import loading
 _WORKDIR = flags.DEFINE_string("workdir", None, "A tpjax run with a finetune stage.")
 _METHOD = flags.DEFINE_enum("method", "topk", ["topk", "threshold"], "Baseline.")
 _VALUES = flags.DEFINE_list("values", [], "keep_rate (topk) or final_threshold values.")
+_FULL = flags.DEFINE_integer("topk_full_layers", 0, "topk: unpruned first layers "
+                              "(0: the reference rule).")
 _OUT = flags.DEFINE_string("out", None, "JSON output path.")
 
 
@@ -32,8 +34,8 @@ def main(argv):
   mesh = parallel.make_mesh(1)
   rows = []
   for value in [None] + [float(v) for v in _VALUES.value]:
-    overrides = {"method": "none"} if value is None else {"method": _METHOD.value,
-                                                          key: value}
+    overrides = {"method": "none"} if value is None else {
+        "method": _METHOD.value, key: value, "topk_full_layers": _FULL.value}
     run = loading.load_run(_WORKDIR.value, stage="finetune", pruning_overrides=overrides)
     config = run.config
     config.data.buckets = batching.normalize_buckets(config.data.buckets,
@@ -45,7 +47,8 @@ def main(argv):
                           stage=run.prune_stage), mesh)
     result = train.evaluate(p_eval, run.params, data, config.task, config, mesh,
                             run.tokenizer.pad_token_id, run.model.config)
-    result.update({"method": overrides["method"], key: value})
+    result.update({"method": overrides["method"], key: value,
+                   "topk_full_layers": _FULL.value})
     print(json.dumps(result))
     rows.append(result)
   if _OUT.value:

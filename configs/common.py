@@ -71,4 +71,5 @@ def get_base_config() -> ml_collections.ConfigDict:
   # which collapsed under hard evaluation on SST-2 (README, "Choosing the variant").
   config.pruning.soft_variant = "cumulative"  # cumulative | reference
   config.pruning.keep_rate = 0.5          # topk: keep rate at the last layer
+  config.pruning.topk_full_layers = 0     # topk: unpruned first layers; 0: max(3, 0.15 L)
   return config

@@ -10,6 +10,6 @@ def get_config():
   config.stages = ("finetune", "soft", "hard")
   config.pruning.method = "ltp"
   config.stage_settings.finetune.num_epochs = 3
-  config.stage_settings.soft.num_epochs = 5
-  config.stage_settings.hard.num_epochs = 3
+  config.stage_settings.soft.num_epochs = 2
+  config.stage_settings.hard.num_epochs = 2
   return config.lock()

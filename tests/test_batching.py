@@ -52,6 +52,16 @@ def test_eval_batches_pad_with_zero_weight():
                                 data.lengths[first["index"][first["weights"] > 0]])
 
 
+def test_sorted_eval_batches_cover_every_example_once():
+  data = _data(n=40)
+  batches = list(batching.eval_batches(data, (8, 32), 4, pad_id=0, sort_by_length=True))
+  index = np.concatenate([b["index"] for b in batches])
+  assert sorted(index[index >= 0].tolist()) == list(range(40))
+  for b in batches:
+    real = b["index"][b["index"] >= 0]
+    assert np.all(np.diff(data.lengths[real]) >= 0)
+
+
 def test_too_long_for_buckets():
   with pytest.raises(ValueError, match="exceeds the largest bucket"):
     batching.bucket_of(np.array([5, 40]), (8, 16))

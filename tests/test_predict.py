@@ -85,3 +85,8 @@ def test_benchmark_runs_every_system(workdir):
   assert result["pruning"]["hf_max_abs_logit_diff"] < 1e-4
   assert 0 < result["pruning"]["relative_flops"] <= 1
   assert {"speedup_pruned_vs_unpruned", "keep_all_overhead"} <= set(result["ratios"])
+
+
+def test_load_run_names_what_is_missing(tmp_path):
+  with pytest.raises(FileNotFoundError, match="not a tpjax run"):
+    loading.load_run(str(tmp_path))

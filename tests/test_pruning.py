@@ -118,6 +118,8 @@ def test_manual_thresholds_have_no_parameters():
 
 def test_topk_schedule():
   np.testing.assert_allclose(topk.keep_rates(6, 0.4), [1, 1, 1, 0.8, 0.6, 0.4])
+  np.testing.assert_allclose(topk.keep_rates(6, 0.5, full_layers=1),
+                             [1, 0.9, 0.8, 0.7, 0.6, 0.5])
   rates12 = topk.keep_rates(12, 0.0)
   assert rates12[:3] == [1.0] * 3 and rates12[-1] == 0.01  # floor
 

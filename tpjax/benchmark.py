@@ -20,13 +20,16 @@ _LATENCY_N = flags.DEFINE_integer("latency_examples", 200, "Examples timed at ba
 _MAX_EXAMPLES = flags.DEFINE_integer("max_examples", None, "Cap on examples (smoke runs).")
 _SYSTEMS = flags.DEFINE_list("systems", ["pruned", "unpruned", "keep_all", "padded",
                                          "hf_pytorch"], "Systems to measure.")
+_BUCKETS = flags.DEFINE_list("buckets", None, "Engine bucket lengths (default: the "
+                             "run's config.data.buckets).")
 _OUT = flags.DEFINE_string("out", None, "JSON path (default benchmarks/results/...).")
 
 
 def main(argv):
   del argv
   result = benchmark.benchmark(_WORKDIR.value, _TASK.value, _SPLIT.value, _BATCH.value,
-                     _ROUNDS.value, _LATENCY_N.value, _MAX_EXAMPLES.value, _SYSTEMS.value)
+                     _ROUNDS.value, _LATENCY_N.value, _MAX_EXAMPLES.value, _SYSTEMS.value,
+                               [int(b) for b in _BUCKETS.value or []])
   out = _OUT.value or os.path.join(
       "benchmarks", "results",
       f"inference_{result['task']}_{os.path.basename(os.path.normpath(_WORKDIR.value))}.json")

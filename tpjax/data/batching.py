@@ -107,11 +107,19 @@ def train_batches(data: Encoded, buckets: Sequence[int], batch_size: int, seed: 
 
 
 def eval_batches(data: Encoded, buckets: Sequence[int], batch_size: int,
-                 pad_id: int, limit: Optional[int] = None) -> Iterator[dict]:
-  """Every example exactly once, grouped by bucket; `index` maps rows back."""
+                 pad_id: int, limit: Optional[int] = None,
+                 sort_by_length: bool = False) -> Iterator[dict]:
+  """Every example exactly once, grouped by bucket; `index` maps rows back.
+
+  With `sort_by_length`, examples of similar length share a batch, so a pruned batch's
+  longest kept row (which sets its compacted length) is close to the others.
+  """
   n = len(data) if limit is None else min(limit, len(data))
-  which = bucket_of(data.lengths[:n], buckets)
+  lengths = data.lengths[:n]
+  which = bucket_of(lengths, buckets)
   for b, length in enumerate(buckets):
     members = np.flatnonzero(which == b)
+    if sort_by_length:
+      members = members[np.argsort(lengths[members], kind="stable")]
     for start in range(0, len(members), batch_size):
       yield make_batch(data, members[start:start + batch_size], batch_size, length, pad_id)

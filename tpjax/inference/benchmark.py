@@ -15,7 +15,7 @@ Throughput at --batch_size (examples/s and real tokens/s) and latency at batch 1
 import os
 import platform
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from absl import logging
 import jax
@@ -94,14 +94,20 @@ def _percentiles(times: list[float]) -> dict[str, float]:
 
 def benchmark(workdir: str, task: Optional[str], split: Optional[str], batch_size: int,
               rounds: int, latency_examples: int, max_examples: Optional[int],
-              systems: list[str]) -> dict:
-  """Runs every system; returns the result dict (also what is written as JSON)."""
+              systems: list[str], buckets: Optional[Sequence[int]] = None) -> dict:
+  """Runs every system; returns the result dict (also what is written as JSON).
+
+  `buckets` overrides the run's bucket lengths for the engines (finer buckets cost
+  more compiled segments and let compaction follow the kept counts more closely).
+  Engine batches are length-sorted within each bucket, for every engine alike.
+  """
   run = loading.load_run(workdir)
   config = run.config
   task = task or config.task
   info = glue.TASKS[task]
   split = split or info.eval_splits[0]
-  buckets = batching.normalize_buckets(config.data.buckets, config.data.max_length)
+  buckets = batching.normalize_buckets(buckets or config.data.buckets,
+                                       config.data.max_length)
   config.task = task
   data = train.load_split(config, run.tokenizer, split, max_examples)
   n = len(data)
@@ -122,12 +128,18 @@ def benchmark(workdir: str, task: Optional[str], split: Optional[str], batch_siz
   }
   engines = {k: v for k, v in engines.items() if k in systems}
   throughput_batches = {
-      name: list(batching.eval_batches(data, e.buckets, batch_size, pad))
+      name: list(batching.eval_batches(data, e.buckets, batch_size, pad,
+                                       sort_by_length=True))
       for name, e in engines.items()}
+  lat_n = min(latency_examples, n)
+  single_batches = {
+      name: [batching.make_batch(data, [i], 1, e.bucket_for(int(data.lengths[i])), pad)
+             for i in range(lat_n)] for name, e in engines.items()}
   passes = {}
   for name, engine in engines.items():
-    logging.info("Warming up %s: %d compiled segments.", name,
-                 engine.warm_up(batch_size) + engine.warm_up(1))
+    # Warm-up: one untimed pass over exactly the batches timed below compiles every
+    # segment shape they need (Engine.warm_up would compile all bucket pairs).
+    _engine_pass(engine, throughput_batches[name] + single_batches[name])()
     passes[name] = _engine_pass(engine, throughput_batches[name])
 
   hf_model = None
@@ -155,12 +167,11 @@ def benchmark(workdir: str, task: Optional[str], split: Optional[str], batch_siz
                      "rounds_s": [round(t, 4) for t in times]}
 
   # Latency at batch 1 on the first examples, alternating systems per example.
-  lat_n = min(latency_examples, n)
   lat_times = {name: [] for name in passes}
   hf_singles = _hf_batches(data, lat_n, 1, pad)
   for i in range(lat_n):
     for name, engine in engines.items():
-      b = batching.make_batch(data, [i], 1, engine.bucket_for(int(data.lengths[i])), pad)
+      b = single_batches[name][i]
       lat_times[name].append(_time(lambda e=engine, b=b: e(b)))
     if hf_model is not None:
       lat_times["hf_pytorch"].append(_time(_hf_pass(hf_model, [hf_singles[i]])))

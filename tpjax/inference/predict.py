@@ -74,7 +74,7 @@ class Predictor:
       data = batching.Encoded([np.asarray(e.ids, np.int32) for e in encodings],
                               [np.asarray(e.type_ids, np.int32) for e in encodings], labels)
       for batch in batching.eval_batches(data, self.buckets, self.batch_size,
-                                         tok.pad_token_id):
+                                         tok.pad_token_id, sort_by_length=True):
         index = batch["index"]
         out = self.engine(batch, return_kept_positions=show_kept)
         for r in np.flatnonzero(index >= 0):

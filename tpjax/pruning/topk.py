@@ -14,9 +14,14 @@ from tpjax.pruning import base
 from tpjax.pruning import scores
 
 
-def keep_rates(num_layers: int, keep_rate: float) -> list[float]:
-  """Per-layer keep rate relative to the real length."""
-  full = min(num_layers, max(3, math.ceil(0.15 * num_layers)))
+def keep_rates(num_layers: int, keep_rate: float, full_layers: int = 0) -> list[float]:
+  """Per-layer keep rate relative to the real length.
+
+  `full_layers` unpruned layers come first; 0 means the reference's
+  max(3, ceil(0.15 L)), which leaves half of a 6-layer model unpruned.
+  """
+  full = full_layers or max(3, math.ceil(0.15 * num_layers))
+  full = min(num_layers, full)
   rates = [1.0] * full
   remaining = num_layers - full
   for i in range(1, remaining + 1):
@@ -49,7 +54,7 @@ class TopKMethod(base.Method):
 
   def __init__(self, config, num_layers: int):
     self.config = config
-    self.rates = keep_rates(num_layers, config.keep_rate)
+    self.rates = keep_rates(num_layers, config.keep_rate, config.topk_full_layers)
 
   def prune_fn(self, params, stage):
     del params
