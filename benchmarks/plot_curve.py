@@ -29,8 +29,8 @@ def _run_point(workdir: str) -> dict:
   return {"workdir": workdir, "method": summary["method"], "accuracy": dev["accuracy"],
           "relative_flops": dev["relative_flops"],
           "tokens_kept_per_layer": dev["tokens_kept_per_layer"],
-          "reg_lambda": summary["config"]["pruning"]["reg_lambda"],
-          "keep_rate": summary["config"]["pruning"]["keep_rate"]}
+          "reg_lambda": summary["config"]["pruning"].get("reg_lambda"),
+          "keep_rate": summary["config"]["pruning"].get("keep_rate")}
 
 
 def main(argv):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# LTP on SST-2 at several lambda values, each soft 0.5 + hard 0.5 epoch from the same
+# LTP on SST-2 at several lambda values (soft 0.5 + hard 0.5 epoch, as configs/sst2.py) from the same
 # fine-tuned run (runs/sst2_ft, made by the finetune stage of configs/sst2.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
