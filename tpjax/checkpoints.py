@@ -10,6 +10,8 @@ import json
 import os
 from typing import Any, Optional
 
+import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
@@ -20,6 +22,11 @@ def _manager(directory: str) -> ocp.CheckpointManager:
       enable_async_checkpointing=False,  # a save must be on disk before we move on
       create=True)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def cast_like(reference: Any, restored: Any) -> Any:
+  """`restored` (as read without a target) as arrays with `reference`'s dtypes."""
+  return jax.tree.map(lambda ref, x: jnp.asarray(x, ref.dtype), reference, restored)
 
 
 def _restore(manager: ocp.CheckpointManager, target: Any) -> Optional[Any]:

@@ -62,8 +62,7 @@ def build_model(config: ml_collections.ConfigDict, num_labels: int, rng: jax.Arr
   base = config_lib.EncoderConfig.from_json(os.path.join(directory, "config.json"))
   model_config = dataclasses.replace(base, **config.model.overrides.to_dict())
   model = encoder_lib.EncoderModel(model_config, num_labels=num_labels)
-  ids = jnp.zeros((1, 8), jnp.int32)
-  return model, model.init(rng, ids, ids + 1)["params"], tokenizer
+  return model, encoder_lib.init_params(model, rng), tokenizer
 
 
 # ----------------------------------------------------------------------- optimizer
@@ -410,6 +409,5 @@ def _init_from(workdir: str, params: dict) -> dict:
   ckpts.close()
   if restored is None:
     raise FileNotFoundError(f"init_from={workdir!r} has no finetune/best checkpoint.")
-  model = jax.tree.map(lambda ref, x: jnp.asarray(x, ref.dtype), params["model"],
-                       restored["params"]["model"])
-  return {"model": model, "pruning": params["pruning"]}
+  return {"model": checkpoints.cast_like(params["model"], restored["params"]["model"]),
+          "pruning": params["pruning"]}

@@ -136,10 +136,17 @@ def benchmark(workdir: str, task: Optional[str], split: Optional[str], batch_siz
       name: [batching.make_batch(data, [i], 1, e.bucket_for(int(data.lengths[i])), pad)
              for i in range(lat_n)] for name, e in engines.items()}
   passes = {}
+  kept = np.zeros((n, run.model.config.num_hidden_layers), np.int32)
   for name, engine in engines.items():
     # Warm-up: one untimed pass over exactly the batches timed below compiles every
-    # segment shape they need (Engine.warm_up would compile all bucket pairs).
-    _engine_pass(engine, throughput_batches[name] + single_batches[name])()
+    # segment shape they need (Engine.warm_up would compile all bucket pairs); the
+    # pruned engine's pass also records the tokens it keeps, for FLOPs.
+    for batch in throughput_batches[name]:
+      out = engine(batch)
+      if name == "pruned":
+        real = batch["index"] >= 0
+        kept[batch["index"][real]] = out["kept"][real]
+    _engine_pass(engine, single_batches[name])()
     passes[name] = _engine_pass(engine, throughput_batches[name])
 
   hf_model = None
@@ -179,11 +186,6 @@ def benchmark(workdir: str, task: Optional[str], split: Optional[str], batch_siz
     results[name].update(_percentiles(times))
 
   # FLOPs and a correctness check of the PyTorch copy.
-  kept = np.zeros((n, run.model.config.num_hidden_layers), np.int32)
-  for batch in throughput_batches.get("pruned", []):
-    out = engines["pruned"](batch)
-    real = batch["index"] >= 0
-    kept[batch["index"][real]] = out["kept"][real]
   summary = {}
   if "pruned" in engines:
     summary = flops_lib.summarize(data.lengths, kept, run.model.config, task)

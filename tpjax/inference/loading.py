@@ -70,8 +70,7 @@ def load_run(workdir: str, stage: Optional[str] = None,
   pruning = method.init_params(jax.random.PRNGKey(1))
   if not pruning_overrides and raw["params"].get("pruning"):
     pruning = raw["params"]["pruning"]
-  cast = lambda ref, x: jnp.asarray(x, ref.dtype)
-  params = {"model": jax.tree.map(cast, model_params, raw["params"]["model"]),
+  params = {"model": checkpoints.cast_like(model_params, raw["params"]["model"]),
             "pruning": jax.tree.map(jnp.asarray, pruning)}
   prune_stage = "finetune" if method.name == "none" else "hard"
   return TrainedRun(config, model, params, tokenizer, method, name, prune_stage)

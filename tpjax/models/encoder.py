@@ -224,6 +224,12 @@ def _classifier_dropout(config: config_lib.EncoderConfig) -> float:
   return config.hidden_dropout_prob
 
 
+def init_params(model: "EncoderModel", rng: jax.Array) -> dict:
+  """Fresh parameters of `model`, initialised on a dummy batch."""
+  ids = jnp.zeros((1, 8), jnp.int32)
+  return model.init(rng, ids, jnp.ones_like(ids))["params"]
+
+
 class EncoderModel(nn.Module):
   """BERT/RoBERTa encoder with an optional sequence classification/regression head.
 

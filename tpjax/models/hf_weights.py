@@ -113,9 +113,7 @@ def export_state_dict(params: dict, model_type: str) -> dict[str, np.ndarray]:
 
 def init_shapes(model: encoder_lib.EncoderModel) -> dict:
   """Parameter shapes of a fresh init, computed without allocating."""
-  ids = jnp.zeros((1, 8), jnp.int32)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, ids + 1))
-  return shapes["params"]
+  return jax.eval_shape(lambda: encoder_lib.init_params(model, jax.random.PRNGKey(0)))
 
 
 def fit_to_model(model: encoder_lib.EncoderModel, flat: Mapping[tuple, np.ndarray],
@@ -141,8 +139,7 @@ def fit_to_model(model: encoder_lib.EncoderModel, flat: Mapping[tuple, np.ndarra
   fresh_paths = [p for p in expected if p not in flat]
   merged = {p: jnp.asarray(v, expected[p].dtype) for p, v in flat.items()}
   if fresh_paths:
-    ids = jnp.zeros((1, 8), jnp.int32)
-    fresh = flax.traverse_util.flatten_dict(model.init(rng, ids, ids + 1)["params"])
+    fresh = flax.traverse_util.flatten_dict(encoder_lib.init_params(model, rng))
     subtrees = sorted({p[0] for p in fresh_paths})
     logging.info("Initialised fresh (absent from %s): %s", source, ", ".join(subtrees))
     for p in fresh_paths:
