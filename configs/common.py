@@ -60,7 +60,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   })
 
   config.pruning = ml_collections.ConfigDict()
-  config.pruning.method = "none"          # none | ltp | threshold | topk
+  config.pruning.method = "none"          # none | ltp | threshold | topk | top
   config.pruning.score_norm = "fixed"     # fixed | live (methods.md section 0)
   config.pruning.score_norm_constant = 128.0
   config.pruning.final_threshold = 0.01   # ltp / threshold: last layer's initial theta
@@ -72,4 +72,17 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.pruning.soft_variant = "cumulative"  # cumulative | reference
   config.pruning.keep_rate = 0.5          # topk: keep rate at the last layer
   config.pruning.topk_full_layers = 0     # topk: unpruned first layers; 0: max(3, 0.15 L)
+  # top (ToP, tpjax/pruning/top.py): hard-concrete gates per layer and per rank bin
+  # under an expected-FLOPs constraint, ranking and logit distillation from the
+  # unpruned model; gates and multipliers train at the stage's pruning_learning_rate.
+  config.pruning.top_target = 0.4         # FLOPs sparsity target (1 - relative FLOPs)
+  config.pruning.top_warmup = 0.3         # stage fraction: target ramp from 0, rank decay
+  config.pruning.top_bins = 25
+  config.pruning.top_rank_k = 20          # teacher's top-K tokens in the ranking loss
+  config.pruning.top_rank_alpha = 1e-3    # ranking loss weight
+  config.pruning.top_rank_layers = ()     # (): layers 1 .. L/3 - 1
+  config.pruning.top_temperature = 2.0    # logit distillation temperature
+  config.pruning.top_layer_gate_init = 0.05  # initial P(gate open)
+  config.pruning.top_bin_gate_init = 0.998
+  config.pruning.top_freeze_embeddings = True
   return config

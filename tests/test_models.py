@@ -69,9 +69,10 @@ def test_prune_fn_mask_reaches_later_layers():
   params = _init(model)
   ids, mask = _batch()
 
-  def drop_token_two(index, probs, token_mask, hidden, lengths):
+  def drop_token_two(index, probs, token_mask, hidden, lengths, protected):
     del probs, hidden
     np.testing.assert_array_equal(lengths, [4, 6])
+    np.testing.assert_array_equal(protected[:, 0], True)  # [CLS]
     if index == 0:
       token_mask = token_mask.at[:, 2].set(0.0)
     return token_mask, None, jnp.sum(token_mask)

@@ -87,15 +87,16 @@ def test_ltp_stage_hooks():
   assert method.prune_fn(params, "finetune") is None
   probs, mask = _probs()
   lengths = jnp.array([3])
-  new_mask, scale, aux = method.prune_fn(params, "soft")(1, probs, mask, None, lengths)
+  new_mask, scale, aux = method.prune_fn(params, "soft")(1, probs, mask, None, lengths,
+                                                         None)
   np.testing.assert_array_equal(new_mask, mask)  # reference: mask unchanged
   assert scale is aux and float(scale[0, 0]) == 1.0 and float(scale[0, 3]) == 0.0
-  keep, scale, _ = method.prune_fn(params, "hard")(1, probs, mask, None, lengths)
+  keep, scale, _ = method.prune_fn(params, "hard")(1, probs, mask, None, lengths, None)
   assert scale is None
   # live scores 0.367, 0.367, 0.267 against theta_1 = 0.25: all real tokens stay
   np.testing.assert_array_equal(keep, [[1, 1, 1, 0]])
   params = {"delta": jnp.array([0.0, 0.05])}  # theta_1 = 0.3 drops token 2
-  keep, _, _ = method.prune_fn(params, "hard")(1, probs, mask, None, lengths)
+  keep, _, _ = method.prune_fn(params, "hard")(1, probs, mask, None, lengths, None)
   np.testing.assert_array_equal(keep, [[1, 1, 0, 0]])
 
 
@@ -104,7 +105,7 @@ def test_cumulative_variant_multiplies_masks():
   probs, _ = _probs()
   mask = jnp.array([[1.0, 0.5, 1.0, 0.0]])
   new_mask, scale, _ = method.prune_fn(method.init_params(None), "soft")(
-      1, probs, mask, None, jnp.array([3]))
+      1, probs, mask, None, jnp.array([3]), None)
   assert scale is None
   assert float(new_mask[0, 1]) <= 0.5 and float(new_mask[0, 0]) == 1.0
   assert float(new_mask[0, 3]) == 0.0

@@ -50,19 +50,19 @@ def psum(tree: Any) -> Any:
 
 
 def data_parallel_train_step(step_fn: Callable, mesh: jax.sharding.Mesh) -> Callable:
-  """Compiles `step_fn(state, batch, rng, reduce) -> (state, metrics)` over the mesh.
+  """Compiles `step_fn(state, batch, rng, teacher, reduce) -> (state, metrics)`.
 
-  Each device folds its index into `rng`; `reduce` sums over devices. The state is
-  donated.
+  Each device folds its index into `rng`; `reduce` sums over devices; `teacher` (a
+  replicated pytree or None) is passed through. The state is donated.
   """
-  def per_device(state, batch, rng):
+  def per_device(state, batch, rng, teacher):
     rng = jax.random.fold_in(rng, jax.lax.axis_index(AXIS))
-    return step_fn(state, batch, rng, psum)
+    return step_fn(state, batch, rng, teacher, psum)
 
   # check_vma=False keeps pmap semantics: gradients stay per-device until `reduce`.
   # With it on, shard_map would already sum gradients of the replicated params and
   # the explicit reduction would count them once per device.
-  sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS), P()),
+  sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS), P(), P()),
                           out_specs=(P(), P()), check_vma=False)
   return jax.jit(sharded, donate_argnums=0)
 

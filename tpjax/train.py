@@ -75,14 +75,16 @@ def _decay_mask(params: Any) -> Any:
 
 
 def make_optimizer(settings: ml_collections.ConfigDict, train: ml_collections.ConfigDict,
-                   total_steps: int, freeze_pruning: bool) -> optax.GradientTransformation:
-  """AdamW with warmup + linear decay for the model; its own AdamW for pruning params.
+                   total_steps: int,
+                   pruning_tx: optax.GradientTransformation) -> optax.GradientTransformation:
+  """AdamW with warmup + linear decay for the model; `pruning_tx` for pruning params.
 
   Args:
-    settings: the stage's settings (learning_rate, pruning_learning_rate).
+    settings: the stage's settings (learning_rate).
     train: shared settings (warmup_ratio, weight_decay, grad_clip).
     total_steps: optimizer steps in the stage.
-    freeze_pruning: pruning parameters get no updates (hard stage).
+    pruning_tx: the method's optimizer (`Method.pruning_optimizer`), or
+      `optax.set_to_zero()` where the pruning parameters are frozen.
   """
   warmup = int(train.warmup_ratio * total_steps)
   model_lr = optax.join_schedules(
@@ -92,14 +94,6 @@ def make_optimizer(settings: ml_collections.ConfigDict, train: ml_collections.Co
   model_tx = optax.chain(
       optax.clip_by_global_norm(train.grad_clip),
       optax.adamw(model_lr, weight_decay=train.weight_decay, mask=_decay_mask))
-  if freeze_pruning:
-    pruning_tx = optax.set_to_zero()
-  else:
-    # Thresholds: no warmup, linear decay, no weight decay (LTP reference).
-    pruning_lr = optax.linear_schedule(settings.pruning_learning_rate, 0.0,
-                                       max(total_steps, 1))
-    pruning_tx = optax.chain(optax.clip_by_global_norm(train.grad_clip),
-                             optax.adamw(pruning_lr, weight_decay=0.0))
   return optax.multi_transform({"model": model_tx, "pruning": pruning_tx},
                                {"model": "model", "pruning": "pruning"})
 
@@ -107,44 +101,44 @@ def make_optimizer(settings: ml_collections.ConfigDict, train: ml_collections.Co
 # --------------------------------------------------------------------------- steps
 
 
-def task_loss(logits: jax.Array, labels: jax.Array, num_labels: int) -> jax.Array:
-  """Per-example loss: cross-entropy, or squared error for regression. -> [batch]."""
-  if num_labels == 1:
-    return jnp.square(logits[:, 0] - labels.astype(jnp.float32))
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels.astype(jnp.int32))
-
-
-def train_step(state: TrainState, batch: dict, rng: jax.Array,
+def train_step(state: TrainState, batch: dict, rng: jax.Array, teacher: Optional[Any],
                reduce: Callable[[Any], Any], *, model: encoder_lib.EncoderModel,
                tx: optax.GradientTransformation, method: pruning_base.Method,
-               stage: str) -> tuple[TrainState, dict]:
+               stage: str, total_steps: int) -> tuple[TrainState, dict]:
   """One optimizer step on (this device's slice of) a batch.
 
-  The loss is the weighted mean over the *global* batch: each device divides its
-  weighted sum by the global weight, and `reduce` (a sum over devices, identity on
-  one) combines gradients, so any device count gives the same update.
+  The loss (`method.loss`) is the weighted mean over the *global* batch: each device
+  divides its weighted sum by the global weight, and `reduce` (a sum over devices,
+  identity on one) combines gradients, so any device count gives the same update.
+  `teacher` (model parameters or None) is run deterministically and without
+  gradients; its output goes to `method.loss`.
   """
   rng = jax.random.fold_in(rng, state.step)
+  prune_rng = jax.random.fold_in(rng, 1)
   weights = batch["weights"]
   total_weight = jnp.maximum(reduce(jnp.sum(weights)), 1.0)
+  inputs = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+  teacher_out = None
+  if teacher is not None:
+    teacher_out = jax.lax.stop_gradient(model.apply(
+        {"params": jax.lax.stop_gradient(teacher)}, *inputs, deterministic=True,
+        output_attentions=True))
+  progress = state.step.astype(jnp.float32) / total_steps
+  mean = lambda x: jnp.sum(x * weights) / total_weight
 
   def loss_fn(params):
-    out = model.apply({"params": params["model"]}, batch["input_ids"],
-                      batch["attention_mask"], batch["token_type_ids"],
-                      deterministic=False, rngs={"dropout": rng},
-                      prune_fn=method.prune_fn(params["pruning"], stage))
-    task = task_loss(out.logits, batch["labels"], model.num_labels)
-    reg = method.regularizer(out, batch["attention_mask"], stage)
-    loss = jnp.sum((task + reg) * weights) / total_weight
-    return loss, {"task_loss": jnp.sum(task * weights) / total_weight,
-                  "regularizer": jnp.sum(reg * weights) / total_weight}
+    out = model.apply({"params": params["model"]}, *inputs, deterministic=False,
+                      rngs={"dropout": rng},
+                      prune_fn=method.prune_fn(params["pruning"], stage, prune_rng))
+    loss, terms = method.loss(params["pruning"], out, teacher_out, batch, stage, progress,
+                              model.num_labels)
+    return mean(loss), {"loss": mean(loss), **{k: mean(v) for k, v in terms.items()}}
 
   grads, aux = jax.grad(loss_fn, has_aux=True)(state.params)
   grads = reduce(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  params = method.post_update(optax.apply_updates(state.params, updates), state.params)
   metrics = reduce(aux)
-  metrics["loss"] = metrics["task_loss"] + metrics["regularizer"]
   metrics["grad_norm"] = optax.global_norm(grads["model"])
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
@@ -240,9 +234,15 @@ class RunContext:
   mesh: Any
 
 
-def run_stage(ctx: RunContext, stage: str, init_params: dict) -> tuple[dict, dict]:
+def run_stage(ctx: RunContext, stage: str, init_params: dict,
+              teacher: Optional[dict] = None) -> tuple[dict, dict]:
   """Trains one stage (resuming if possible).
 
+  Args:
+    ctx: the run's shared context.
+    stage: one of `pruning_base.STAGES`.
+    init_params: {'model': ..., 'pruning': ...} the stage starts from.
+    teacher: frozen model parameters for a method that distils, or None.
   Returns:
     (the parameters handed to the next stage: best or last, per the stage's
     `handover` setting; the stage summary with their dev metrics).
@@ -263,8 +263,9 @@ def run_stage(ctx: RunContext, stage: str, init_params: dict) -> tuple[dict, dic
   total_steps = max(1, round(per_epoch * settings.num_epochs))
   if config.train.max_steps:
     total_steps = min(total_steps, config.train.max_steps)
-  tx = make_optimizer(settings, config.train, total_steps,
-                      freeze_pruning=(stage != "soft"))
+  pruning_tx = (ctx.method.pruning_optimizer(settings, config.train, total_steps)
+                if stage == "soft" else optax.set_to_zero())
+  tx = make_optimizer(settings, config.train, total_steps, pruning_tx)
   state = TrainState(step=jnp.array(0, jnp.int32), params=init_params,
                      opt_state=tx.init(init_params))
   ckpts = checkpoints.StageCheckpoints(stage_dir)
@@ -273,9 +274,12 @@ def run_stage(ctx: RunContext, stage: str, init_params: dict) -> tuple[dict, dic
     state = restored
     logging.info("Resuming stage %s at step %d.", stage, int(state.step))
   state = parallel.replicate(state, mesh)
+  if teacher is not None:  # its own buffers: the state's are donated every step
+    teacher = parallel.replicate(jax.tree.map(jnp.copy, teacher), mesh)
 
   p_train = parallel.data_parallel_train_step(
-      functools.partial(train_step, model=model, tx=tx, method=ctx.method, stage=stage),
+      functools.partial(train_step, model=model, tx=tx, method=ctx.method, stage=stage,
+                        total_steps=total_steps),
       mesh)
   # The soft stage is judged by the hard decisions inference will make.
   eval_stage = "hard" if stage == "soft" else stage
@@ -310,7 +314,7 @@ def run_stage(ctx: RunContext, stage: str, init_params: dict) -> tuple[dict, dic
         for batch in batches:
           batch.pop("index")
           state, train_metrics = p_train(state, parallel.shard_batch(batch, mesh),
-                                         base_rng)
+                                         base_rng, teacher)
           step += 1
           bar.update(1)
           if step % config.train.log_every_steps == 0 or step == total_steps:
@@ -385,10 +389,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.init_from:
     params = _init_from(config.init_from, params)
   stages = {}
+  teacher = None
   for stage in config.stages:
     if stage not in pruning_base.STAGES:
       raise ValueError(f"Unknown stage {stage!r}; expected one of {pruning_base.STAGES}.")
-    params, stages[stage] = run_stage(ctx, stage, params)
+    if method.needs_teacher and stage != "finetune" and teacher is None:
+      teacher = params["model"]  # the fine-tuned (or init_from) unpruned model
+    params, stages[stage] = run_stage(ctx, stage, params,
+                                      teacher if stage != "finetune" else None)
 
   last = stages[config.stages[-1]]
   summary = {"task": config.task, "method": method.name,

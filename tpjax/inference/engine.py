@@ -73,19 +73,21 @@ class Engine:
       hidden = module.embed(input_ids, attention_mask, token_type_ids)
       token_mask = attention_mask.astype(jnp.float32)
       lengths = jnp.sum(attention_mask, axis=-1).astype(jnp.int32)
+      protected = encoder_lib.protected_tokens(attention_mask, token_type_ids)
       hidden, probs = module.layers[0].attend(hidden, token_mask, True)
-      token_mask, _, _ = prune_fn(0, probs, token_mask, hidden, lengths)
+      token_mask, _, _ = prune_fn(0, probs, token_mask, hidden, lengths, protected)
       # Built here so that every segment input is a jit output: committed and
       # uncommitted arrays are separate compilation-cache entries.
       positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1], dtype=jnp.int32),
                                    input_ids.shape)
-      return hidden, token_mask, positions, lengths
+      return hidden, token_mask, positions, lengths, protected
     return self.model.apply({"params": params["model"]}, method=run)
 
-  def _layer_segment(self, params, hidden, token_mask, positions, lengths, *, layer: int,
-                     length: int, prune_fn):
+  def _layer_segment(self, params, hidden, token_mask, positions, lengths, protected, *,
+                     layer: int, length: int, prune_fn):
     """Compaction to `length`, layer `layer`'s FFN, then the next layer's attention
-    and decision (or the head after the last layer)."""
+    and decision (or the head after the last layer). `protected` stays in the
+    original layout and is gathered through `positions`."""
     if length < hidden.shape[1]:
       hidden, token_mask, positions = compact(hidden, token_mask, positions, length)
 
@@ -94,7 +96,8 @@ class Engine:
       if layer + 1 == self.num_layers:
         return module.head(h), token_mask, positions
       h, probs = module.layers[layer + 1].attend(h, token_mask, True)
-      mask, _, _ = prune_fn(layer + 1, probs, token_mask, h, lengths)
+      mask, _, _ = prune_fn(layer + 1, probs, token_mask, h, lengths,
+                            jnp.take_along_axis(protected, positions, axis=1))
       return h, mask, positions
     return self.model.apply({"params": params["model"]}, method=run)
 
@@ -131,7 +134,8 @@ class Engine:
       if return_kept_positions:
         out["kept_positions"] = np.repeat(mask[None].astype(bool), self.num_layers, 0)
       return out
-    hidden, token_mask, positions, lengths = self._first(self.params, ids, mask, types)
+    hidden, token_mask, positions, lengths, protected = self._first(self.params, ids, mask,
+                                                                    types)
     kept, kept_positions = [], []
     for layer in range(self.num_layers):
       live = np.asarray(token_mask) > 0  # the one host sync per layer: picks the bucket
@@ -142,7 +146,8 @@ class Engine:
         kept_positions.append(full & (mask > 0))
       length = min(self.bucket_for(int(kept[-1].max())), hidden.shape[1])
       hidden, token_mask, positions = self._segment(
-          self.params, hidden, token_mask, positions, lengths, layer=layer, length=length)
+          self.params, hidden, token_mask, positions, lengths, protected, layer=layer,
+          length=length)
     out = {"logits": np.asarray(hidden), "kept": np.stack(kept, -1).astype(np.int32)}
     if return_kept_positions:
       out["kept_positions"] = np.stack(kept_positions)
@@ -162,11 +167,12 @@ class Engine:
         jax.block_until_ready(self._full(self.params, ids, ones, ids))
         count += 1
         continue
-      hidden, mask, positions, lengths = self._first(self.params, ids, ones, ids)
+      hidden, mask, positions, lengths, protected = self._first(self.params, ids, ones, ids)
       count += 1
       for s_out in (b for b in self.buckets if b <= s_in):
         for layer in range(self.num_layers):
           jax.block_until_ready(self._segment(self.params, hidden, mask, positions,
-                                              lengths, layer=layer, length=s_out))
+                                              lengths, protected, layer=layer,
+                                              length=s_out))
           count += 1
     return count

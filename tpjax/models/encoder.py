@@ -5,7 +5,7 @@ so that weight import is a rename and a transpose.
 
 Pruning plugs in through `prune_fn`, called after every layer's attention:
 
-    prune_fn(layer_index, attention_probs, token_mask, hidden, lengths)
+    prune_fn(layer_index, attention_probs, token_mask, hidden, lengths, protected)
         -> (token_mask, scale, aux)
 
     attention_probs  <float32>[batch, heads, seq, seq]  pre-dropout probabilities
@@ -13,6 +13,8 @@ Pruning plugs in through `prune_fn`, called after every layer's attention:
                      as soft key weights in the next layer's attention
     hidden           <float32>[batch, seq, hidden]  the layer's post-attention state
     lengths          <int32>[batch]  real tokens per example before any pruning
+    protected        <bool>[batch, seq]  [CLS] and [SEP] tokens (`protected_tokens`),
+                     for methods that never prune them
     scale            <float32>[batch, seq] or None, multiplies the layer's output
     aux              any pytree, collected per layer in `EncoderOutput.prune_aux`
 
@@ -29,7 +31,7 @@ import jax.numpy as jnp
 
 from tpjax.models import config as config_lib
 
-PruneFn = Callable[[int, jax.Array, jax.Array, jax.Array, jax.Array],
+PruneFn = Callable[[int, jax.Array, jax.Array, jax.Array, jax.Array, jax.Array],
                    tuple[jax.Array, Optional[jax.Array], Any]]
 
 _NEG_INF = -1e9
@@ -90,6 +92,27 @@ class Embeddings(nn.Module):
                   name="token_type_embeddings")(token_type_ids)
     x = _layer_norm(cfg)(x)
     return nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+
+
+def protected_tokens(attention_mask: jax.Array, token_type_ids: jax.Array) -> jax.Array:
+  """[CLS] and [SEP] positions, found without the vocabulary.
+
+  [CLS] is position 0; the final [SEP] is the last real token; a pair's middle [SEP]
+  is the last real token of segment 0 (type id 0). RoBERTa, whose type ids are all 0,
+  gets [CLS] and the final separator only.
+
+  Args:
+    attention_mask: <int32|float32>[batch, seq], 1 for real tokens.
+    token_type_ids: <int32>[batch, seq].
+  Returns:
+    <bool>[batch, seq].
+  """
+  real = attention_mask > 0
+  index = jnp.arange(real.shape[1])
+  last = jnp.max(jnp.where(real, index, 0), axis=-1, keepdims=True)
+  last_first_segment = jnp.max(jnp.where(real & (token_type_ids == 0), index, 0), axis=-1,
+                               keepdims=True)
+  return real & ((index == 0) | (index == last) | (index == last_first_segment))
 
 
 def key_bias(token_mask: jax.Array) -> jax.Array:
@@ -301,12 +324,15 @@ class EncoderModel(nn.Module):
       self.pooler(hidden)  # create pooler params for a bare BERT too
     token_mask = jnp.asarray(attention_mask, jnp.float32)
     lengths = jnp.sum(token_mask > 0, axis=-1).astype(jnp.int32)
+    protected = protected_tokens(
+        token_mask, jnp.zeros_like(input_ids) if token_type_ids is None else token_type_ids)
     all_hidden, all_attn, all_masks, all_aux = [hidden], [], [], []
     for index, layer in enumerate(self.layers):
       hidden, probs = layer.attend(hidden, token_mask, deterministic)
       scale = None
       if prune_fn is not None:
-        token_mask, scale, aux = prune_fn(index, probs, token_mask, hidden, lengths)
+        token_mask, scale, aux = prune_fn(index, probs, token_mask, hidden, lengths,
+                                          protected)
         all_masks.append(token_mask)
         all_aux.append(aux)
       hidden = layer.feed_forward(hidden, deterministic)

@@ -15,12 +15,16 @@ PADDED_LENGTHS = {"sst2": 64, "rte": 256, "mrpc": 128, "qnli": 128, "mnli": 128,
                   "qqp": 128, "cola": 64, "stsb": 128, "wnli": 128}
 
 
+def mac_formula(n_attn, n_ffn, hidden: int, intermediate: int):
+  """MAC_l on any array type (numpy, jax; fractional counts too), no casting."""
+  return 2 * hidden * n_attn**2 + 4 * hidden**2 * n_attn + 2 * hidden * intermediate * n_ffn
+
+
 def layer_macs(n_attn: np.ndarray, n_ffn: np.ndarray, hidden: int,
                intermediate: int) -> np.ndarray:
   """MACs of one layer. Shapes broadcast: [...] -> [...] (float64)."""
-  n_attn = np.asarray(n_attn, np.float64)
-  n_ffn = np.asarray(n_ffn, np.float64)
-  return 2 * hidden * n_attn**2 + 4 * hidden**2 * n_attn + 2 * hidden * intermediate * n_ffn
+  return mac_formula(np.asarray(n_attn, np.float64), np.asarray(n_ffn, np.float64), hidden,
+                     intermediate)
 
 
 def example_macs(lengths: np.ndarray, kept: np.ndarray,

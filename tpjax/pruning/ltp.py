@@ -76,20 +76,21 @@ class ThresholdMethod(base.Method):
     return scores.importance(probs, token_mask, self.config.score_norm,
                              self.config.score_norm_constant)
 
-  def prune_fn(self, params, stage):
+  def prune_fn(self, params, stage, rng=None):
+    del rng
     if stage == "finetune":
       return None
     theta = self.thresholds(params)
     cfg = self.config
 
-    def hard(index, probs, token_mask, hidden, lengths):
-      del hidden, lengths
+    def hard(index, probs, token_mask, hidden, lengths, protected):
+      del hidden, lengths, protected
       keep = hard_keep(self._score(probs, token_mask), jax.lax.stop_gradient(theta[index]),
                        token_mask)
       return keep, None, None
 
-    def soft(index, probs, token_mask, hidden, lengths):
-      del hidden, lengths
+    def soft(index, probs, token_mask, hidden, lengths, protected):
+      del hidden, lengths, protected
       m = soft_mask(self._score(probs, token_mask), theta[index], cfg.temperature)
       m = scores.protect_first(m, token_mask)
       if cfg.soft_variant == "reference":

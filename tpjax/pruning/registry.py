@@ -5,9 +5,10 @@ import ml_collections
 from tpjax.models import config as config_lib
 from tpjax.pruning import base
 from tpjax.pruning import ltp
+from tpjax.pruning import top
 from tpjax.pruning import topk
 
-METHODS = ("none", "ltp", "threshold", "topk")
+METHODS = ("none", "ltp", "threshold", "topk", "top")
 
 
 def get_method(config: ml_collections.ConfigDict,
@@ -16,6 +17,7 @@ def get_method(config: ml_collections.ConfigDict,
 
   none: no pruning. ltp: learned thresholds (soft, then hard stage). threshold: the
   manual linear threshold schedule, hard from the start. topk: top-k cascade.
+  top: ToP's gates under a FLOPs constraint, distilled from the unpruned model.
   """
   layers = model_config.num_hidden_layers
   if config.method == "none":
@@ -24,5 +26,7 @@ def get_method(config: ml_collections.ConfigDict,
     return ltp.ThresholdMethod(config, layers, learned=config.method == "ltp")
   if config.method == "topk":
     return topk.TopKMethod(config, layers)
+  if config.method == "top":
+    return top.ToPMethod(config, model_config)
   raise ValueError(f"Unknown pruning method {config.method!r}; expected one of "
                    f"{', '.join(METHODS)}.")

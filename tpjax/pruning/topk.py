@@ -56,14 +56,14 @@ class TopKMethod(base.Method):
     self.config = config
     self.rates = keep_rates(num_layers, config.keep_rate, config.topk_full_layers)
 
-  def prune_fn(self, params, stage):
-    del params
+  def prune_fn(self, params, stage, rng=None):
+    del params, rng
     if stage == "finetune":
       return None
     cfg = self.config
 
-    def hard(index, probs, token_mask, hidden, lengths):
-      del hidden
+    def hard(index, probs, token_mask, hidden, lengths, protected):
+      del hidden, protected
       k = jnp.ceil(self.rates[index] * lengths).astype(jnp.int32)
       score = scores.importance(probs, token_mask, cfg.score_norm, cfg.score_norm_constant)
       return top_k_keep(score, token_mask, k), None, None

@@ -1,0 +1,207 @@
+"""ToP: hard-concrete gates, ranking loss, FLOPs expectation, multipliers, a tiny run,
+and compacted inference."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import tiny
+from tests import helpers
+from tpjax import train
+from tpjax.inference import engine as engine_lib
+from tpjax.models import encoder as encoder_lib
+from tpjax.pruning import flops
+from tpjax.pruning import hard_concrete
+from tpjax.pruning import ranking
+from tpjax.pruning import registry
+from tpjax.pruning import top
+
+PAIRS = [("the film was good", "a fine story"), ("awful", "the plot is very dull indeed")]
+
+
+def _top_config(**fields):
+  config = tiny.get_config()
+  with config.unlocked():
+    config.model.overrides.initializer_range = 0.2  # peaked attention, spread scores
+  config.model.overrides.num_hidden_layers = 4
+  config.pruning.method = "top"
+  config.pruning.update(fields)
+  return config
+
+
+@pytest.fixture(scope="module")
+def tiny_top():
+  config = _top_config(top_bins=4)
+  model, model_params, tokenizer = train.build_model(config, 2, jax.random.PRNGKey(7))
+  method = registry.get_method(config.pruning, model.config)
+  return model, model_params, tokenizer, method
+
+
+def test_hard_concrete_open_rate_matches_probability():
+  n = 20000
+  log_alpha = jnp.array([-3.0, -1.0, 0.0, 0.5, 2.0, 4.0])
+  z = jax.vmap(lambda k: hard_concrete.sample(log_alpha, k))(
+      jax.random.split(jax.random.PRNGKey(0), n))
+  assert float(z.min()) == 0.0 and float(z.max()) == 1.0  # exact zeros and ones occur
+  p = np.asarray(hard_concrete.prob_open(log_alpha))
+  rate = np.asarray(jnp.mean(z != 0, axis=0))
+  np.testing.assert_array_less(np.abs(rate - p), 4 * np.sqrt(p * (1 - p) / n) + 1e-3)
+  assert hard_concrete.prob_open(hard_concrete.log_alpha_for(0.05)) == pytest.approx(0.05)
+
+
+def test_ranking_loss_matches_double_loop():
+  rng = np.random.default_rng(0)
+  student = rng.normal(size=(2, 7)).astype(np.float32)
+  teacher = rng.normal(size=(2, 7)).astype(np.float32)
+  valid = np.ones((2, 7), bool)
+  valid[:, 0] = False            # [CLS]
+  valid[0, 5] = False            # pruned in the student
+  valid[1, 3:] = False           # short example: fewer than k valid tokens
+  k = 4
+  got = np.asarray(ranking.ranking_loss(jnp.asarray(student), jnp.asarray(teacher),
+                                        jnp.asarray(valid), k))
+  for b in range(2):
+    tokens = sorted((j for j in range(7) if valid[b, j]), key=lambda j: -teacher[b, j])[:k]
+    relevance = {j: k - r for r, j in enumerate(tokens)}  # K..1
+    expected = 0.0
+    for i in tokens:
+      for j in tokens:
+        if relevance[i] > relevance[j]:
+          diff = student[b, i] - student[b, j]
+          expected += (relevance[i] - relevance[j]) * math.log2(1 + math.exp(-diff))
+    assert got[b] == pytest.approx(expected / k**2, rel=1e-5)
+
+
+def test_protected_tokens_are_cls_and_separators(tiny_top):
+  _, _, tokenizer, _ = tiny_top
+  single = tokenizer(["good film"], length=8)
+  got = encoder_lib.protected_tokens(single["attention_mask"], single["token_type_ids"])
+  np.testing.assert_array_equal(got, [[1, 0, 0, 1, 0, 0, 0, 0]])
+  pair = tokenizer([a for a, _ in PAIRS], [b for _, b in PAIRS], length=16)
+  got = np.asarray(encoder_lib.protected_tokens(pair["attention_mask"],
+                                                pair["token_type_ids"]))
+  sep = pair["input_ids"] == tokenizer._tok.token_to_id("[SEP]")  # pylint: disable=protected-access
+  np.testing.assert_array_equal(got[:, 1:], sep[:, 1:])
+  assert got[:, 0].all() and sep.sum() == 4
+
+
+def _gates(layer_open, closed, bins):
+  """log_alpha at the clamp limits: layer gates open/closed, the given bins closed."""
+  hi, lo = hard_concrete.LOG_ALPHA_RANGE[1], hard_concrete.LOG_ALPHA_RANGE[0]
+  layer = jnp.array([hi if o else lo for o in layer_open])
+  grid = np.full((len(layer_open), bins), hi, np.float32)
+  for location, shut in enumerate(closed):
+    grid[location, list(shut)] = lo
+  return {"layer": layer, "bins": jnp.asarray(grid)}
+
+
+def test_expected_flops_equals_brute_force_with_binary_gates(tiny_top):
+  model, model_params, tokenizer, method = tiny_top
+  # 16 and 8 prunable tokens; closing the two least important of 4 bins halves them.
+  texts = [" ".join(["film"] * 16), " ".join(["good"] * 8)]
+  layer_open = [True, True, False, True]
+  closed = [(2, 3), (2, 3), (0, 1), (2, 3)]
+  params = {"model": model_params, "pruning": method.init_params(None)}
+  params["pruning"]["gates"] = _gates(layer_open, closed, 4)
+  batch = tokenizer(texts, length=32)
+  out = train.eval_step(params, batch, model=model, method=method, stage="hard")
+  lengths, kept = np.asarray(out["length"]), np.asarray(out["kept"])
+  np.testing.assert_array_equal(kept, [[10, 6, 6, 4], [6, 4, 4, 3]])
+  brute = flops.summarize(lengths, kept, model.config)["relative_flops"]
+
+  layer_prob = jnp.array(layer_open, jnp.float32)
+  bin_prob = jnp.ones((4, 4)).at[jnp.array([0, 0, 1, 1, 2, 2, 3, 3]),
+                                 jnp.array([2, 3, 2, 3, 0, 1, 2, 3])].set(0.0)
+  n = jnp.asarray(lengths, jnp.float32)
+  expected = top.expected_kept(layer_prob, bin_prob, n, jnp.array([2.0, 2.0]))
+  np.testing.assert_allclose(expected, kept)
+  sparsity = top.expected_sparsity(expected, n, jnp.ones(2), model.config)
+  assert 1.0 - float(sparsity) == pytest.approx(brute, rel=1e-5)
+
+
+def test_closed_bins_rule():
+  prob = jnp.array([[0.9, 0.1, 0.2, 0.95], [1.0, 1.0, 0.9, 0.8]])
+  # location 0: round(4 - 2.15) = 2 closed (the two smallest); location 1: round(0.3) = 0
+  np.testing.assert_array_equal(top.closed_bins(prob), [[0, 1, 1, 0], [0, 0, 0, 0]])
+
+
+def test_train_step_moves_multipliers_by_ascent(tiny_top):
+  model, model_params, tokenizer, method = tiny_top
+  config = _top_config(top_bins=4, top_target=0.5, top_warmup=0.0)
+  settings = config.stage_settings.soft
+  settings.pruning_learning_rate = 0.1
+  tx = train.make_optimizer(settings, config.train, 10,
+                            method.pruning_optimizer(settings, config.train, 10))
+  params = {"model": model_params, "pruning": method.init_params(None)}
+  params["pruning"]["gates"]["layer"] = jnp.full((4,), 9.0)  # beyond the clamp
+  state = train.TrainState(step=jnp.array(5, jnp.int32), params=params,
+                           opt_state=tx.init(params))
+  batch = dict(tokenizer(helpers.PRUNING_TEXTS[:4], length=32),
+               labels=np.array([1, 0, 0, 1]), weights=np.ones(4, np.float32))
+  step = jax.jit(lambda s, b: train.train_step(
+      s, b, jax.random.PRNGKey(0), model_params, lambda x: x, model=model, tx=tx,
+      method=method, stage="soft", total_steps=10))
+  new, metrics = step(state, batch)
+  gap = float(metrics["expected_sparsity"] - metrics["target_sparsity"])
+  assert gap < 0  # not yet sparse enough: ascent lowers lambda1, raises lambda2
+  lagrangian = new.params["pruning"]["lagrangian"]
+  assert float(lagrangian["lambda1"]) < 0 < float(lagrangian["lambda2"])
+  # gates clamped, embeddings frozen, the rest of the model trained
+  assert float(new.params["pruning"]["gates"]["layer"].max()) == pytest.approx(4.6)
+  emb = lambda p: p["model"]["embeddings"]["word_embeddings"]["embedding"]
+  np.testing.assert_array_equal(emb(new.params), emb(params))
+  dense = lambda p: p["model"]["classifier"]["kernel"]
+  assert np.abs(dense(new.params) - dense(params)).max() > 0
+
+
+def test_tiny_run_meets_its_sparsity_target(tmp_path):
+  glue_dir = helpers.write_sst2(str(tmp_path / "glue"), n_train=96, n_dev=24)
+  config = helpers.tiny_config(glue_dir)
+  config.num_devices = 1
+  config.stages = ("finetune", "soft")
+  config.data.per_device_batch_size = 8
+  config.data.per_device_eval_batch_size = 24
+  config.pruning.method = "top"
+  config.pruning.top_target = 0.4
+  config.pruning.top_warmup = 0.2
+  config.pruning.top_bins = 10
+  config.stage_settings.finetune.num_epochs = 1
+  config.stage_settings.soft.num_epochs = 25
+  config.stage_settings.soft.pruning_learning_rate = 0.05
+  config.train.eval_every_steps = 1000
+  summary = train.train_and_evaluate(config, str(tmp_path / "run"))
+  dev = summary["dev"]["validation"]
+  print("tiny ToP:", dev["relative_flops"], summary["stages"]["soft"]["pruning"])
+  assert abs((1.0 - dev["relative_flops"]) - 0.4) <= 0.05
+
+
+def test_compacted_equals_masked(tiny_top):
+  model, model_params, tokenizer, method = tiny_top
+  params = {"model": model_params, "pruning": method.init_params(None)}
+  params["pruning"]["gates"] = _gates([False, True, True, True],
+                                      [(), (3,), (2, 3), (1,)], 4)
+  buckets = (4, 8, 16, 32)
+  engine = engine_lib.Engine(model, params, method, buckets)
+  for texts, pairs in ((helpers.PRUNING_TEXTS, None),
+                       ([a for a, _ in PAIRS], [b for _, b in PAIRS])):
+    batch = tokenizer(texts, pairs, length=32)
+    masked = jax.tree.map(np.asarray, train.eval_step(params, batch, model=model,
+                                                      method=method, stage="hard"))
+    compacted = engine(batch, return_kept_positions=True)
+    np.testing.assert_array_equal(compacted["kept"], masked["kept"])
+    np.testing.assert_allclose(compacted["logits"], masked["logits"], atol=1e-4)
+    assert (compacted["kept"][:, -1] < masked["length"]).any(), "no pruning"
+    # [CLS] and every [SEP] survive to the last layer
+    special = compacted["kept_positions"][-1][
+        np.asarray(encoder_lib.protected_tokens(batch["attention_mask"],
+                                                batch["token_type_ids"]))]
+    assert special.all()
+    for i, text in enumerate(texts):
+      alone = engine(tokenizer([text], [pairs[i]] if pairs else None))
+      np.testing.assert_allclose(alone["logits"][0], compacted["logits"][i], atol=1e-5)
+      np.testing.assert_array_equal(alone["kept"][0], compacted["kept"][i])
+    reordered = engine(tokenizer(texts[::-1], pairs[::-1] if pairs else None, length=32))
+    np.testing.assert_allclose(reordered["logits"][::-1], compacted["logits"], atol=1e-5)

@@ -1,0 +1,269 @@
+"""ToP: constraint-aware, ranking-distilled token pruning (Li et al., KDD 2023;
+methods.md section 2).
+
+Every layer is a pruning location, right after its attention. At location l the live
+tokens that are not [CLS]/[SEP] are ranked by importance (methods.md section 0) and
+the normalised rank is cut into `top_bins` bins (bin 0 the most important). Two kinds
+of hard-concrete gates (`hard_concrete`) decide: a layer gate (does location l prune
+at all) and one gate per (location, bin). A token's mask is
+
+    m = 1 - z_layer * (1 - z_bin),
+
+multiplied into the running token mask, which later layers use as soft key weights:
+in training pruned tokens leave the attention keys, as at inference (the reference
+only zeroes their hidden states).
+
+Training (the 'soft' stage; the unpruned fine-tuned model is the teacher):
+
+    loss = KD(student, teacher; T)  (MSE on labels for regression)
+         + alpha * max(0.01, 1 - warmup progress) * sum_{l in rank layers} rank loss
+         + lambda1 (s - t) + lambda2 (s - t)^2
+
+with s the expected FLOPs sparsity from the gate probabilities on real lengths,
+t the target ramped linearly from 0 over the warm-up, and the multipliers trained by
+gradient ascent. Inference ('hard'): a location prunes iff P(layer gate open) >= 0.5,
+and it closes the round(bins - sum_b P_b) bins with the smallest probabilities;
+pruning is cumulative across locations.
+"""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from tpjax.models import config as config_lib
+from tpjax.models import encoder as encoder_lib
+from tpjax.pruning import base
+from tpjax.pruning import flops
+from tpjax.pruning import hard_concrete
+from tpjax.pruning import ranking
+from tpjax.pruning import scores
+
+
+def rank_bins(score: jax.Array, prunable: jax.Array, bins: int) -> jax.Array:
+  """Each prunable token's importance-rank bin, 0 holding the most important.
+
+  Args:
+    score: <float32>[batch, seq].
+    prunable: <bool>[batch, seq] tokens that take part (live, not [CLS]/[SEP]).
+    bins: number of bins.
+  Returns:
+    <int32>[batch, seq] in [0, bins); meaningless where not prunable.
+  """
+  ranked = jnp.where(prunable, score, -jnp.inf)
+  order = jnp.argsort(-ranked, axis=-1, stable=True)
+  rank = jnp.argsort(order, axis=-1, stable=True)
+  count = jnp.maximum(jnp.sum(prunable, axis=-1, keepdims=True), 1)
+  return jnp.minimum(rank * bins // count, bins - 1).astype(jnp.int32)
+
+
+def closed_bins(bin_prob: jax.Array) -> jax.Array:
+  """Inference decision per location: the round(bins - sum P) least likely bins.
+
+  Args:
+    bin_prob: <float32>[locations, bins] P(z != 0).
+  Returns:
+    <bool>[locations, bins], True where the bin is closed.
+  """
+  bins = bin_prob.shape[-1]
+  n_closed = jnp.round(bins - jnp.sum(bin_prob, axis=-1, keepdims=True))
+  position = jnp.argsort(jnp.argsort(bin_prob, axis=-1, stable=True), axis=-1, stable=True)
+  return position < n_closed
+
+
+def expected_kept(layer_prob: jax.Array, bin_prob: jax.Array, lengths: jax.Array,
+                  protected: jax.Array) -> jax.Array:
+  """Expected tokens left after each location.
+
+  Per location the keep rate of prunable tokens is 1 - (1 - mean_b P_b) * P_layer;
+  rates multiply across locations; protected tokens always stay.
+
+  Args:
+    layer_prob: <float32>[locations].
+    bin_prob: <float32>[locations, bins].
+    lengths: <float32>[batch] real tokens per example.
+    protected: <float32>[batch] protected tokens per example.
+  Returns:
+    <float32>[batch, locations].
+  """
+  keep = 1.0 - (1.0 - jnp.mean(bin_prob, axis=-1)) * layer_prob
+  rho = jnp.cumprod(keep)
+  return protected[:, None] + (lengths - protected)[:, None] * rho[None, :]
+
+
+def expected_sparsity(kept: jax.Array, lengths: jax.Array, weights: jax.Array,
+                      model_config: config_lib.EncoderConfig) -> jax.Array:
+  """1 - (weighted) pruned MACs / unpruned MACs on real lengths (flops.py formula).
+
+  Args:
+    kept: <float32>[batch, layers] tokens left after each layer's decision.
+    lengths: <float32>[batch].
+    weights: <float32>[batch] example weights (0 for padding rows).
+    model_config: the encoder's sizes.
+  Returns:
+    <float32>[].
+  """
+  h, ff = model_config.hidden_size, model_config.intermediate_size
+  entering = jnp.concatenate([lengths[:, None], kept[:, :-1]], axis=1)
+  pruned = jnp.sum(flops.mac_formula(entering, kept, h, ff), axis=-1)
+  full = kept.shape[1] * flops.mac_formula(lengths, lengths, h, ff)
+  return 1.0 - jnp.sum(weights * pruned) / jnp.maximum(jnp.sum(weights * full), 1e-9)
+
+
+def distillation_loss(student: jax.Array, teacher: jax.Array,
+                      temperature: float) -> jax.Array:
+  """KL(teacher || student) at temperature T, times T^2: [batch, labels] -> [batch]."""
+  log_p_student = jax.nn.log_softmax(student / temperature, axis=-1)
+  log_p_teacher = jax.nn.log_softmax(teacher / temperature, axis=-1)
+  kl = jnp.sum(jnp.exp(log_p_teacher) * (log_p_teacher - log_p_student), axis=-1)
+  return kl * temperature**2
+
+
+def _in_subtree(path: tuple, name: str) -> bool:
+  return any(getattr(key, "key", None) == name for key in path)
+
+
+def default_rank_layers(num_layers: int) -> tuple[int, ...]:
+  """The reference's layers 1 .. L/3 - 1 (0-indexed), at least layer 1."""
+  return tuple(range(1, max(2, num_layers // 3)))
+
+
+class ToPMethod(base.Method):
+  """ToP behind the Method interface.
+
+  Config fields (config.pruning): top_bins, top_target (FLOPs sparsity), top_warmup
+  (fraction of the stage for the target ramp and the ranking-weight decay),
+  top_rank_k, top_rank_alpha, top_rank_layers (() = default_rank_layers),
+  top_temperature, top_layer_gate_init / top_bin_gate_init (initial P(z != 0)),
+  top_freeze_embeddings, score_norm, score_norm_constant. The gates' and multipliers'
+  learning rate is the stage's pruning_learning_rate.
+  """
+
+  name = "top"
+  trainable = True
+  needs_teacher = True
+
+  def __init__(self, config: ml_collections.ConfigDict,
+               model_config: config_lib.EncoderConfig):
+    self.config = config
+    self.model_config = model_config
+    self.num_layers = model_config.num_hidden_layers
+    self.rank_layers = tuple(config.top_rank_layers) or default_rank_layers(
+        self.num_layers)
+
+  def init_params(self, rng):
+    del rng
+    cfg = self.config
+    layer = hard_concrete.log_alpha_for(cfg.top_layer_gate_init)
+    bins = hard_concrete.log_alpha_for(cfg.top_bin_gate_init)
+    return {"gates": {"layer": jnp.full((self.num_layers,), layer, jnp.float32),
+                      "bins": jnp.full((self.num_layers, cfg.top_bins), bins, jnp.float32)},
+            "lagrangian": {"lambda1": jnp.zeros((), jnp.float32),
+                           "lambda2": jnp.zeros((), jnp.float32)}}
+
+  # ------------------------------------------------------------------ gates
+
+  def probabilities(self, params) -> tuple[jax.Array, jax.Array]:
+    """(P layer gate open <float32>[L], P bin open <float32>[L, bins])."""
+    gates = params["gates"]
+    return hard_concrete.prob_open(gates["layer"]), hard_concrete.prob_open(gates["bins"])
+
+  def hard_bin_keep(self, params) -> jax.Array:
+    """Inference keep (1) / drop (0) per (location, bin): <float32>[L, bins]."""
+    layer_prob, bin_prob = self.probabilities(params)
+    drop = closed_bins(bin_prob) & (layer_prob >= 0.5)[:, None]
+    return 1.0 - drop.astype(jnp.float32)
+
+  def prune_fn(self, params, stage, rng=None):
+    if stage == "finetune":
+      return None
+    cfg = self.config
+    if stage == "soft":
+      if rng is None:
+        raise ValueError("ToP's soft stage samples its gates: prune_fn needs an rng.")
+      layer_rng, bin_rng = jax.random.split(rng)
+      z_layer = hard_concrete.sample(params["gates"]["layer"], layer_rng)
+      z_bins = hard_concrete.sample(params["gates"]["bins"], bin_rng)
+      bin_keep = 1.0 - z_layer[:, None] * (1.0 - z_bins)
+    else:
+      bin_keep = jax.lax.stop_gradient(self.hard_bin_keep(params))
+
+    def prune(index, probs, token_mask, hidden, lengths, protected):
+      del hidden, lengths
+      score = scores.importance(probs, token_mask, cfg.score_norm, cfg.score_norm_constant)
+      live = token_mask > 0
+      prunable = live & ~protected
+      gate = bin_keep[index][rank_bins(score, prunable, cfg.top_bins)]
+      new_mask = token_mask * jnp.where(prunable, gate, 1.0)
+      return new_mask, None, {"score": score, "live": live}
+
+    return prune
+
+  # ------------------------------------------------------------------ training
+
+  def loss(self, params, output, teacher, batch, stage, progress, num_labels):
+    if stage != "soft":
+      return super().loss(params, output, teacher, batch, stage, progress, num_labels)
+    cfg = self.config
+    real = batch["attention_mask"] > 0
+    warm = jnp.minimum(progress / max(cfg.top_warmup, 1e-9), 1.0)
+
+    if num_labels == 1:
+      distill = base.task_loss(output.logits, batch["labels"], num_labels)
+    else:
+      distill = distillation_loss(output.logits, teacher.logits, cfg.top_temperature)
+
+    teacher_score = scores.importance(teacher.attentions[-1], real.astype(jnp.float32),
+                                      cfg.score_norm, cfg.score_norm_constant)
+    not_cls = real.at[:, 0].set(False)
+    rank = sum(ranking.ranking_loss(output.prune_aux[l]["score"], teacher_score,
+                                    not_cls & output.prune_aux[l]["live"], cfg.top_rank_k)
+               for l in self.rank_layers)
+    rank_weight = cfg.top_rank_alpha * jnp.maximum(0.01, 1.0 - warm)
+
+    layer_prob, bin_prob = self.probabilities(params)
+    lengths = jnp.sum(real, axis=-1).astype(jnp.float32)
+    protected = jnp.sum(encoder_lib.protected_tokens(real, batch["token_type_ids"]),
+                        axis=-1).astype(jnp.float32)
+    kept = expected_kept(layer_prob, bin_prob, lengths, protected)
+    sparsity = expected_sparsity(kept, lengths, batch["weights"], self.model_config)
+    target = cfg.top_target * warm
+    gap = sparsity - target
+    lagrangian = params["lagrangian"]
+    penalty = lagrangian["lambda1"] * gap + lagrangian["lambda2"] * gap**2
+
+    ones = jnp.ones_like(distill)
+    loss = distill + rank_weight * rank + penalty * ones
+    return loss, {"distill": distill, "ranking": rank, "expected_sparsity": sparsity * ones,
+                  "target_sparsity": target * ones, "lagrangian": penalty * ones,
+                  "lambda1": lagrangian["lambda1"] * ones,
+                  "lambda2": lagrangian["lambda2"] * ones}
+
+  def pruning_optimizer(self, settings, train, total_steps):
+    """Adam on the gates (descent) and on the multipliers (ascent), constant rate."""
+    del train, total_steps
+    lr = settings.pruning_learning_rate
+    # A label function, not a prefix tree: inside the train loop's own
+    # multi_transform this optimizer sees the whole (masked) parameter tree.
+    label = lambda tree: jax.tree_util.tree_map_with_path(
+        lambda path, _: "ascent" if _in_subtree(path, "lagrangian") else "descent", tree)
+    return optax.multi_transform(
+        {"descent": optax.adam(lr),
+         "ascent": optax.chain(optax.adam(lr), optax.scale(-1.0))}, label)
+
+  def post_update(self, params, previous):
+    pruning = dict(params["pruning"])
+    pruning["gates"] = jax.tree.map(hard_concrete.clamp, pruning["gates"])
+    model = params["model"]
+    if self.config.top_freeze_embeddings:
+      model = {**model, "embeddings": previous["model"]["embeddings"]}
+    return {**params, "model": model, "pruning": pruning}
+
+  def metrics(self, params):
+    layer_prob, bin_prob = self.probabilities(params)
+    keep = self.hard_bin_keep(params)
+    return {"layer_gate_prob": [round(float(p), 4) for p in layer_prob],
+            "closed_bins": [int(c) for c in (keep == 0).sum(-1)],
+            "mean_bin_prob": [round(float(p), 4) for p in bin_prob.mean(-1)],
+            "lambda1": round(float(params["lagrangian"]["lambda1"]), 5),
+            "lambda2": round(float(params["lagrangian"]["lambda2"]), 5)}
