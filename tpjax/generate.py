@@ -142,6 +142,22 @@ class Generator:
           f"needs {prompt_length + max_new_tokens} positions; the model's context "
           f"supports {context}.")
 
+  def prefill(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, rng: jax.Array,
+              temperature: float = 0.0, top_p: float = 1.0, padding: str = "left"):
+    """Runs the prompts (padded to their bucket) and fills every layer's cache.
+
+    Returns:
+      (first new tokens <int32>[batch], their logits <float32>[batch, vocab],
+      per-layer caches with room for max_new_tokens more, next position <int32>[batch]).
+    Raises:
+      ContextLengthError: if the longest prompt plus max_new_tokens exceeds the context.
+    """
+    self.check_length(max(len(p) for p in prompts), max_new_tokens)
+    ids, valid = self.pad(prompts, padding)
+    capacity = -(-(ids.shape[1] + max_new_tokens) // self.cache_step) * self.cache_step
+    return self._prefill(self.params, ids, valid, rng, capacity=capacity,
+                         temperature=float(temperature), top_p=float(top_p))
+
   def stream(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
              temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
              padding: str = "left", stop_at_eos: bool = True,
@@ -160,15 +176,10 @@ class Generator:
     Yields:
       (<int32>[batch] tokens, <float32>[batch, vocab] logits or None).
     """
-    longest = max(len(p) for p in prompts)
-    self.check_length(longest, max_new_tokens)
-    ids, valid = self.pad(prompts, padding)
-    capacity = -(-(ids.shape[1] + max_new_tokens) // self.cache_step) * self.cache_step
     rng = jax.random.PRNGKey(seed)
     sampling = {"temperature": float(temperature), "top_p": float(top_p)}
-    tokens, logits, caches, positions = self._prefill(
-        self.params, ids, valid, jax.random.fold_in(rng, 0), capacity=capacity,
-        **sampling)
+    tokens, logits, caches, positions = self.prefill(
+        prompts, max_new_tokens, jax.random.fold_in(rng, 0), padding=padding, **sampling)
     eos = self.model.config.eos_token_id
     done = np.zeros(len(prompts), bool)
     for step in range(max_new_tokens):
