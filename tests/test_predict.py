@@ -42,6 +42,8 @@ def test_bad_lines_get_their_own_output(workdir):
     assert abs(sum(r["probabilities"]) - 1) < 1e-5
     assert len(r["kept_per_layer"]) == 2
     assert [len(k) for k in r["kept_tokens"]] == r["kept_per_layer"]
+    assert [len(k) for k in r["kept_positions"]] == r["kept_per_layer"]
+    assert len(r["input_tokens"]) == r["tokens"]
     assert all(k[0] == "[CLS]" for k in r["kept_tokens"])
 
 
@@ -62,15 +64,23 @@ def test_pair_lines_need_two_fields():
   assert predict.parse_line(b"a\tb\n", pair=False) == (("a\tb", None), None)
 
 
-def test_command_line_reads_stdin(workdir):
+def test_command_line_reads_stdin(workdir, tmp_path):
   env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  page = tmp_path / "kept.html"
   result = subprocess.run(
-      [sys.executable, "-m", "tpjax.predict", f"--workdir={workdir}", "--input=-"],
+      [sys.executable, "-m", "tpjax.predict", f"--workdir={workdir}", "--input=-",
+       f"--html={page}"],
       input=b"a good film\n\nthe plot\n", capture_output=True, env=env, check=True,
       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   rows = [json.loads(line) for line in result.stdout.decode().splitlines()]
   assert [r["line"] for r in rows] == [1, 2, 3]
   assert "error" in rows[1] and "label" in rows[0] and "label" in rows[2]
+  assert "kept_tokens" not in rows[0]  # --html alone leaves the JSON as it was
+  text = page.read_text()
+  # One section per good line, each with a row per layer.
+  layers = len(rows[0]["kept_per_layer"])
+  assert text.count("<section>") == 2 and text.count('<tr class="layer">') == 2 * layers
+  assert "line 1: a good film -&gt; label" in text
 
 
 def test_benchmark_runs_every_system(workdir):

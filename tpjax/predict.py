@@ -2,15 +2,17 @@
 
 Input is text, one example per line; for sentence-pair tasks the two texts are
 separated by a tab. Output lines come in input order; a bad line gets its own record
-with an "error" field (see tpjax/inference/predict.py).
+with an "error" field (see tpjax/inference/predict.py). `--html=FILE` also writes
+which tokens each layer kept, as coloured text and a grid per input (tpjax/viz.py).
 """
 
 import json
 import sys
 
-from absl import app
 from absl import flags
 
+from tpjax import cli
+from tpjax import viz
 from tpjax.inference import loading
 from tpjax.inference import predict
 
@@ -22,6 +24,16 @@ _CHUNK = flags.DEFINE_integer("chunk", 1024, "Lines read before results are writ
 _SHOW_KEPT = flags.DEFINE_bool("show_kept", False,
                                "Also list which tokens each layer kept.")
 _NO_PRUNE = flags.DEFINE_bool("no_prune", False, "Run the model without pruning.")
+_HTML = flags.DEFINE_string("html", None, "Also write the kept tokens of every input "
+                            "to this self-contained HTML file.")
+_KEPT_FIELDS = ("input_tokens", "kept_positions", "kept_tokens")
+
+
+def _caption(record: dict, text: bytes) -> str:
+  """The input line and its prediction, for the HTML view."""
+  answer = (f"score {record['score']:.3f}" if "score" in record else
+            f"label {record['label']} (p={max(record['probabilities']):.2f})")
+  return f"line {record['line']}: {text.decode('utf-8').strip()} -> {answer}"
 
 
 def main(argv):
@@ -31,9 +43,17 @@ def main(argv):
   source = sys.stdin.buffer if _INPUT.value == "-" else open(_INPUT.value, "rb")
   sink = sys.stdout if _OUTPUT.value == "-" else open(_OUTPUT.value, "w")
   line = 1
+  pictures = []
+  want_kept = _SHOW_KEPT.value or bool(_HTML.value)
   try:
     for chunk in predict.chunks(source, _CHUNK.value):
-      for record in predictor.predict_lines(chunk, line, _SHOW_KEPT.value):
+      for raw, record in zip(chunk, predictor.predict_lines(chunk, line, want_kept)):
+        if _HTML.value and "error" not in record:
+          tokens, kept = viz.survival_from_record(record)
+          pictures.append({"tokens": tokens, "kept": kept,
+                           "caption": _caption(record, raw)})
+        if not _SHOW_KEPT.value:
+          record = {k: v for k, v in record.items() if k not in _KEPT_FIELDS}
         sink.write(json.dumps(record) + "\n")
       sink.flush()
       line += len(chunk)
@@ -42,8 +62,13 @@ def main(argv):
       source.close()
     if sink is not sys.stdout:
       sink.close()
+  if _HTML.value:
+    viz.survival_html(pictures, _HTML.value,
+                      title=f"tpjax: tokens kept by {_WORKDIR.value}")
+    print(f"Kept tokens of {len(pictures)} inputs written to {_HTML.value}",
+          file=sys.stderr)
 
 
 if __name__ == "__main__":
   flags.mark_flag_as_required("workdir")
-  app.run(main)
+  cli.run(main, "tpjax.predict")

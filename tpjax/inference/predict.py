@@ -97,6 +97,8 @@ class Predictor:
     record["truncated"] = bool(enc.overflowing)
     record["kept_per_layer"] = out["kept"][r].tolist()
     if show_kept:
-      record["kept_tokens"] = [[enc.tokens[j] for j in np.flatnonzero(layer[r])]
-                               for layer in out["kept_positions"]]
+      positions = [np.flatnonzero(layer[r]).tolist() for layer in out["kept_positions"]]
+      record["input_tokens"] = list(enc.tokens)
+      record["kept_positions"] = positions
+      record["kept_tokens"] = [[enc.tokens[j] for j in layer] for layer in positions]
     return record

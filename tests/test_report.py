@@ -1,0 +1,66 @@
+"""README's results tables are exactly what benchmarks/results/*.json say."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tpjax import report
+from tpjax import results
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_README = os.path.join(_ROOT, "README.md")
+_RESULTS = os.path.join(_ROOT, results.DEFAULT_DIR)
+
+
+def _readme() -> str:
+  with open(_README, encoding="utf-8") as f:
+    return f.read()
+
+
+def test_readme_tables_match_the_json():
+  text = _readme()
+  assert text.count("<!-- report:") >= 4
+  stale = report.stale_tables(text, _RESULTS)
+  assert not stale, f"README tables {stale} differ from the JSON: python -m tpjax.report"
+
+
+def test_every_curve_sweep_and_benchmark_has_a_table():
+  text = _readme()
+  for name, data in results.read_all(_RESULTS).items():
+    if results.is_curve(data) or results.is_inference(data):
+      assert f"<!-- report:{name} -->" in text, name
+
+
+def test_a_changed_measurement_makes_the_check_fail(tmp_path):
+  shutil.copytree(_RESULTS, tmp_path / "results")
+  readme = tmp_path / "README.md"
+  shutil.copy(_README, readme)
+  path = tmp_path / "results" / "inference_sst2_ltp_lam0.05.json"
+  data = json.loads(path.read_text())
+  data["systems"]["pruned"]["examples_per_s"] = 12345.0
+  path.write_text(json.dumps(data))
+  command = [sys.executable, "-m", "tpjax.report", f"--readme={readme}",
+             f"--results={tmp_path / 'results'}"]
+  check = subprocess.run(command + ["--check"], capture_output=True, text=True,
+                         cwd=_ROOT)
+  assert check.returncode == 1
+  assert "inference_sst2_ltp_lam0.05.json" in check.stderr
+  subprocess.run(command, check=True, capture_output=True, cwd=_ROOT)
+  text = readme.read_text()
+  assert "| pruned (compaction engine) | 12345.0 |" in text
+  assert report.stale_tables(text, str(tmp_path / "results")) == []
+  # Only the table changed.
+  assert len(text.splitlines()) == len(_readme().splitlines())
+
+
+def test_marker_without_file_is_an_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match="missing.json"):
+    report.render("<!-- report:missing.json -->\n<!-- /report -->\n", str(tmp_path))
+
+
+def test_kept_fractions_format():
+  assert report._fractions([1.0, 0.9994, 0.0804, 0.9996]) == "1, .999, .080, 1"

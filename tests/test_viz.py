@@ -1,0 +1,134 @@
+"""tpjax.viz draws what it claims: checked on the pixels and markup it writes."""
+
+import html.parser
+import os
+
+from matplotlib import colors as mcolors
+from matplotlib import image as mimage
+import numpy as np
+import pytest
+
+from tpjax import results
+from tpjax import viz
+
+_RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "benchmarks", "results")
+
+
+def _mask(img: np.ndarray, colour: str) -> np.ndarray:
+  """<bool>[height, width]: pixels of `colour` (RGBA image in [0, 1])."""
+  return np.all(np.abs(img[..., :3] - mcolors.to_rgb(colour)) < 0.02, axis=-1)
+
+
+def _runs(flags: np.ndarray) -> int:
+  """Number of runs of True in a 1-D boolean array."""
+  flags = np.concatenate([[False], flags.astype(bool)])
+  return int(np.sum(flags[1:] & ~flags[:-1]))
+
+
+def _assert_picture(path: str, width: int, height: int) -> np.ndarray:
+  img = mimage.imread(path)
+  assert img.shape[:2] == (height, width)
+  assert img[..., :3].std() > 0.05  # not blank
+  return img
+
+
+@pytest.mark.parametrize("layers", [2, 6])
+def test_heatmap_has_one_row_per_layer(tmp_path, layers):
+  tokens = ["[CLS]", "a", "<b>", "film", "is", "good", "[SEP]"]
+  kept = np.ones((layers, len(tokens)), bool)
+  for layer in range(layers):  # cumulative: one more token gone per layer
+    kept[layer:, len(tokens) - 1 - layer % 5] = False
+  path = str(tmp_path / "survival.png")
+  fig = viz.survival_heatmap(tokens, kept, path=path)
+  width, height = (fig.get_size_inches() * fig.dpi).round().astype(int)
+  img = _assert_picture(path, width, height)
+  cells = _mask(img, viz.KEPT_COLOUR) | _mask(img, viz.PRUNED_COLOUR)
+  assert _runs(cells.any(axis=1)) == layers
+  assert _runs(cells.any(axis=0)) == len(tokens)
+  # The last layer's row holds exactly its pruned cells in PRUNED_COLOUR.
+  rows = np.flatnonzero(cells.any(axis=1))
+  last_row = img[rows[-1] - 2]
+  assert _runs(_mask(last_row[None], viz.PRUNED_COLOUR)[0]) == (~kept[-1]).sum()
+
+
+def test_heatmap_checks_token_count():
+  with pytest.raises(ValueError, match="3 tokens"):
+    viz.survival_heatmap(["a", "b", "c"], np.ones((2, 4), bool))
+
+
+def test_survival_from_record():
+  record = {"input_tokens": ["[CLS]", "x", "y", "[SEP]"],
+            "kept_positions": [[0, 1, 2, 3], [0, 2], [0]]}
+  tokens, kept = viz.survival_from_record(record)
+  assert tokens == record["input_tokens"]
+  np.testing.assert_array_equal(kept.sum(axis=1), [4, 2, 1])
+  assert kept[1].tolist() == [True, False, True, False]
+
+
+class _Counter(html.parser.HTMLParser):
+  """Counts sections, layer rows, token spans and scripts in an HTML page."""
+
+  def __init__(self):
+    super().__init__()
+    self.counts = {"section": 0, "layer": 0, "tok": 0, "script": 0, "link": 0}
+    self.text = []
+
+  def handle_starttag(self, tag, attrs):
+    attrs = dict(attrs)
+    for key in ("section", "script", "link"):
+      self.counts[key] += tag == key
+    self.counts["layer"] += tag == "tr" and attrs.get("class") == "layer"
+    self.counts["tok"] += tag == "span" and attrs.get("class") == "tok"
+
+  def handle_data(self, data):
+    self.text.append(data)
+
+
+def test_html_is_self_contained_and_escaped(tmp_path):
+  items = [{"tokens": ["[CLS]", "<script>", "ok"], "kept": [[1, 1, 1], [1, 0, 1]],
+            "caption": "first & best"},
+           {"tokens": ["[CLS]", "b"], "kept": [[1, 1], [1, 0]]}]
+  path = str(tmp_path / "kept.html")
+  text = viz.survival_html(items, path)
+  with open(path, encoding="utf-8") as f:
+    assert f.read() == text
+  parser = _Counter()
+  parser.feed(text)
+  assert parser.counts == {"section": 2, "layer": 4, "tok": 5, "script": 0, "link": 0}
+  assert "<script>" in "".join(parser.text)  # shown as text, not markup
+  assert "first & best" in "".join(parser.text)
+  assert "http" not in text  # nothing fetched from elsewhere
+  assert 'title="pruned at layer 2"' in text and 'title="kept by every layer"' in text
+
+
+def test_pareto_front():
+  p = lambda f, a: results.Point("s", f, a, "", "x")  # pylint: disable=unnecessary-lambda-assignment
+  points = [p(1.0, 0.9), p(0.6, 0.89), p(0.7, 0.88), p(0.5, 0.80), p(0.6, 0.85)]
+  assert results.pareto_front(points) == [p(0.5, 0.80), p(0.6, 0.89), p(1.0, 0.9)]
+
+
+def test_pareto_plot_of_the_measured_results(tmp_path):
+  points = results.accuracy_points(_RESULTS, "sst2")
+  series = list(dict.fromkeys(p.series for p in points))
+  assert {"unpruned", "LTP", "topk, training-free, 1 full layer"} <= set(series)
+  path = str(tmp_path / "pareto.png")
+  viz.pareto_plot(points, path=path)
+  img = _assert_picture(path, 640, 440)
+  for i in range(len(series)):  # every series is drawn in its own colour
+    assert _mask(img, f"C{i}").sum() > 20, series[i]
+
+
+def test_throughput_plot_has_one_bar_per_system(tmp_path):
+  benchmarks = list(results.inference_results(_RESULTS).values())
+  assert benchmarks
+  path = str(tmp_path / "throughput.png")
+  fig = viz.throughput_plot(benchmarks, path=path)
+  width, height = (fig.get_size_inches() * fig.dpi).round().astype(int)
+  img = _assert_picture(path, width, height)
+  bars = np.zeros(img.shape[:2], bool)
+  for colour in viz.SYSTEM_COLOURS.values():
+    bars |= _mask(img, colour)
+  assert _runs(bars.any(axis=1)) == sum(len(b["systems"]) for b in benchmarks)
+  # Two panels (throughput, latency) side by side.
+  assert _runs(bars.any(axis=0)) == 2

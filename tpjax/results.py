@@ -1,0 +1,163 @@
+"""Reads the measurements in benchmarks/results/*.json for plots and README tables.
+
+Three kinds of file are understood:
+  curve    `benchmarks/plot_curve.py` output: the unpruned run, LTP runs and top-k
+           runs, each with dev accuracy and relative FLOPs;
+  sweep    `benchmarks/prune_sweep.py` output: training-free pruning of one run;
+  inference  `python -m tpjax.benchmark` output: throughput and latency per system.
+Files of other shapes are skipped, so new result kinds never break the readers.
+"""
+
+import dataclasses
+import glob
+import json
+import os
+
+from tpjax.data import glue
+
+DEFAULT_DIR = os.path.join("benchmarks", "results")
+
+# Display names of the systems `tpjax.benchmark` measures, in table order.
+SYSTEM_NAMES = {
+    "pruned": "pruned (compaction engine)",
+    "unpruned": "unpruned, same engine",
+    "keep_all": "keep-all compaction path",
+    "padded": "unpruned, padded to {length}",
+    "hf_pytorch": "HF PyTorch, same weights and threads",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+  """One model on the accuracy-versus-FLOPs plane.
+
+  Attributes:
+    series: What produced it, e.g. 'LTP' or 'topk, training-free'.
+    relative_flops: Pruned over unpruned MACs on real lengths.
+    accuracy: Dev accuracy in [0, 1].
+    label: Its setting, e.g. 'λ=0.05' or 'k=0.3'; '' when none.
+    source: File name it was read from.
+  """
+  series: str
+  relative_flops: float
+  accuracy: float
+  label: str
+  source: str
+
+
+def read_all(results_dir: str = DEFAULT_DIR) -> dict:
+  """Returns {file name: parsed JSON} for every *.json in `results_dir`, sorted."""
+  out = {}
+  for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
+    with open(path) as f:
+      out[os.path.basename(path)] = json.load(f)
+  return out
+
+
+def is_curve(data) -> bool:
+  return isinstance(data, dict) and "baseline" in data and "ltp" in data
+
+
+def is_sweep(data) -> bool:
+  return isinstance(data, dict) and "rows" in data and "method" in data
+
+
+def is_inference(data) -> bool:
+  return isinstance(data, dict) and "systems" in data and "task" in data
+
+
+def _curve_points(name: str, data: dict) -> list:
+  base = data["baseline"]
+  points = [Point("unpruned", base["relative_flops"], base["accuracy"], "", name)]
+  for key, series in (("ltp", "LTP"), ("topk_finetuned", "topk, fine-tuned")):
+    for p in data.get(key, []):
+      if p.get("reg_lambda") is not None and key == "ltp":
+        label = f"λ={p['reg_lambda']}"
+      else:
+        label = f"k={p['keep_rate']}" if p.get("keep_rate") is not None else ""
+      points.append(Point(series, p["relative_flops"], p["accuracy"], label, name))
+  # Its training-free top-k points are a copy of a sweep file, read from there.
+  return points
+
+
+def _sweep_points(name: str, data: dict) -> list:
+  points = []
+  for row in data["rows"]:
+    if row["method"] == "none":
+      continue  # the unpruned run, already a curve point
+    series = f"{row['method']}, training-free"
+    if row["method"] == "topk":
+      full = row.get("topk_full_layers") or 0
+      series += f", {full} full layer{'s' * (full != 1)}" if full else ", reference"
+    value = row.get("keep_rate", row.get("final_threshold"))
+    key = "k" if "keep_rate" in row else "θ"
+    points.append(Point(series, row["relative_flops"], row["accuracy"],
+                        f"{key}={value}", name))
+  return points
+
+
+def accuracy_points(results_dir: str = DEFAULT_DIR, task: str = "sst2") -> list:
+  """Every accuracy-versus-FLOPs point measured for `task`.
+
+  Args:
+    results_dir: Folder of result JSON files.
+    task: GLUE task; curve and sweep files are named `<task>_*.json`.
+
+  Returns:
+    `Point`s, in file order.
+  """
+  points = []
+  for name, data in read_all(results_dir).items():
+    if not name.startswith(f"{task}_"):
+      continue
+    if is_curve(data):
+      points += _curve_points(name, data)
+    elif is_sweep(data):
+      points += _sweep_points(name, data)
+  return points
+
+
+def pareto_front(points: list) -> list:
+  """The points no other point beats on both FLOPs (lower) and accuracy (higher).
+
+  Args:
+    points: `Point`s.
+
+  Returns:
+    The front, by increasing relative FLOPs (and so increasing accuracy).
+  """
+  front = []
+  for p in sorted(points, key=lambda p: (p.relative_flops, -p.accuracy)):
+    if not front or p.accuracy > front[-1].accuracy:
+      front.append(p)
+  return front
+
+
+def inference_results(results_dir: str = DEFAULT_DIR) -> dict:
+  """Returns {file name: result} for every `tpjax.benchmark` file."""
+  return {name: data for name, data in read_all(results_dir).items()
+          if is_inference(data)}
+
+
+def system_name(name: str, result: dict) -> str:
+  """Display name of system `name` of benchmark `result`."""
+  length = (result.get("buckets") or ["max length"])[-1]
+  return SYSTEM_NAMES.get(name, name).format(length=length)
+
+
+def describe_inference(result: dict) -> str:
+  """A title for one benchmark, e.g. 'SST-2 dev (872), run sst2_ltp (ltp), 0.622 FLOPs'.
+
+  Args:
+    result: A `tpjax.benchmark` result.
+
+  Returns:
+    Task, split and size, the run, and the pruned model's relative FLOPs.
+  """
+  task = glue.TASKS[result["task"]].tsv_dir if result["task"] in glue.TASKS else (
+      result["task"])
+  split = result["split"].replace("validation", "dev")
+  run = os.path.basename(os.path.normpath(result["workdir"]))
+  text = f"{task} {split} ({result['examples']}), run {run} ({result['method']})"
+  flops = result.get("pruning", {}).get("relative_flops")
+  return text + (f", {flops:.3f} FLOPs" if flops is not None else "")
