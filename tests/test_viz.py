@@ -111,7 +111,7 @@ def test_pareto_front():
 def test_pareto_plot_of_the_measured_results(tmp_path):
   points = results.accuracy_points(_RESULTS, "sst2")
   series = list(dict.fromkeys(p.series for p in points))
-  assert {"unpruned", "LTP", "topk, training-free, 1 full layer"} <= set(series)
+  assert {"unpruned", "LTP", "topk, 1 full layer, training-free"} <= set(series)
   path = str(tmp_path / "pareto.png")
   viz.pareto_plot(points, path=path)
   img = _assert_picture(path, 640, 440)

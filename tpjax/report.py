@@ -7,9 +7,9 @@ benchmarks/results/:
     ...table...
     <!-- /report -->
 
-The file's kind picks the table (see tpjax/results.py): a curve file gives the LTP
-table (accuracy, drop, FLOPs, tokens kept per layer), a sweep file the training-free
-baseline table, a benchmark file the throughput and latency table. Without flags the
+The file's kind picks the table (see tpjax/results.py): a curve file gives the trained
+runs' table (accuracy, drop, FLOPs, tokens kept per layer), a sweep file the
+training-free baseline table, a benchmark file the throughput and latency table. Without flags the
 tables are rewritten in place; `--check` only compares and exits 1 when README and
 the measurements disagree (the test suite runs the same check).
 """
@@ -48,35 +48,26 @@ def _fractions(values: list) -> str:
 
 
 def curve_table(data: dict) -> str:
-  """LTP runs against the unpruned run they started from."""
+  """Every trained run of a curve file against the unpruned run they started from."""
   base = data["baseline"]
-  rows = [["0 (fine-tuned)", _pct(base["accuracy"]), "-", "1.000",
+  rows = [["fine-tuned, unpruned", _pct(base["accuracy"]), "-", "1.000",
            _fractions(base["tokens_kept_per_layer"])]]
-  for p in sorted(data["ltp"], key=lambda p: p["reg_lambda"]):
-    rows.append([f"{p['reg_lambda']}", _pct(p["accuracy"]),
-                 _pct(base["accuracy"] - p["accuracy"]), f"{p['relative_flops']:.3f}",
-                 _fractions(p["tokens_kept_per_layer"])])
-  return _table(["λ", "dev accuracy", "drop", "relative FLOPs",
+  for series, runs in results.curve_runs(data):
+    for p in sorted(runs, key=lambda p: p["relative_flops"], reverse=True):
+      rows.append([f"{series} {results.setting_label(p)}".strip(), _pct(p["accuracy"]),
+                   _pct(base["accuracy"] - p["accuracy"]), f"{p['relative_flops']:.3f}",
+                   _fractions(p["tokens_kept_per_layer"])])
+  return _table(["model", "dev accuracy", "drop", "relative FLOPs",
                  "tokens kept per layer (fraction of real)"], rows)
 
 
 def sweep_table(data: dict) -> str:
   """Training-free pruning of one run over a grid of settings."""
-  rows = []
-  for row in data["rows"]:
-    if row["method"] == "none":
-      setting = "unpruned"
-    elif "keep_rate" in row and row["keep_rate"] is not None:
-      setting = f"keep_rate={row['keep_rate']}"
-    else:
-      setting = f"final_threshold={row.get('final_threshold')}"
-    rows.append([setting, _pct(row["accuracy"]), f"{row['relative_flops']:.3f}",
-                 _fractions(row["tokens_kept_per_layer"])])
-  full = data["rows"][-1].get("topk_full_layers")
-  method = data["method"] + (f" ({full} full layer{'s' * (full != 1)})" if full else
-                             " (reference schedule)" if data["method"] == "topk" else "")
-  return _table([f"{method} on {data['workdir']}, no training", "dev accuracy",
-                 "relative FLOPs", "tokens kept per layer"], rows)
+  rows = [[results.setting_label(row) or "unpruned", _pct(row["accuracy"]),
+           f"{row['relative_flops']:.3f}", _fractions(row["tokens_kept_per_layer"])]
+          for row in data["rows"]]
+  return _table([f"{results.sweep_name(data)} on {data['workdir']}, no training",
+                 "dev accuracy", "relative FLOPs", "tokens kept per layer"], rows)
 
 
 def inference_table(data: dict) -> str:

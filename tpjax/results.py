@@ -66,34 +66,53 @@ def is_inference(data) -> bool:
   return isinstance(data, dict) and "systems" in data and "task" in data
 
 
+# Curve-file keys holding trained runs, and their series names; the file's
+# "topk_training_free" list copies a sweep file and is read from there instead.
+_RUN_SERIES = {"ltp": "LTP", "top": "ToP", "topk_finetuned": "topk, fine-tuned"}
+# Method -> (the setting that tells its points apart, its symbol).
+_SETTINGS = {"ltp": ("reg_lambda", "λ"), "top": ("top_target", "t"),
+             "topk": ("keep_rate", "k"), "threshold": ("final_threshold", "θ")}
+
+
+def setting_label(entry: dict) -> str:
+  """'λ=0.05' for an LTP run, 't=0.5' ToP, 'k=0.3' top-k; '' when unknown.
+
+  Args:
+    entry: A run point of a curve file or a row of a sweep file.
+  """
+  key, symbol = _SETTINGS.get(entry.get("method"), (None, None))
+  value = entry.get(key) if key else None
+  return "" if value is None else f"{symbol}={value}"
+
+
+def curve_runs(data: dict) -> list:
+  """(series name, run points) of a curve file, the unpruned baseline left out."""
+  return [(_RUN_SERIES.get(key, key), runs) for key, runs in data.items()
+          if key not in ("baseline", "topk_training_free") and isinstance(runs, list)]
+
+
+def sweep_name(data: dict) -> str:
+  """'topk, 1 full layer', 'topk, reference schedule' or the method, of a sweep."""
+  if data["method"] != "topk":
+    return data["method"]
+  full = data["rows"][-1].get("topk_full_layers") or 0
+  return f"topk, {full} full layer{'s' * (full != 1)}" if full else (
+      "topk, reference schedule")
+
+
 def _curve_points(name: str, data: dict) -> list:
   base = data["baseline"]
   points = [Point("unpruned", base["relative_flops"], base["accuracy"], "", name)]
-  for key, series in (("ltp", "LTP"), ("topk_finetuned", "topk, fine-tuned")):
-    for p in data.get(key, []):
-      if p.get("reg_lambda") is not None and key == "ltp":
-        label = f"λ={p['reg_lambda']}"
-      else:
-        label = f"k={p['keep_rate']}" if p.get("keep_rate") is not None else ""
-      points.append(Point(series, p["relative_flops"], p["accuracy"], label, name))
-  # Its training-free top-k points are a copy of a sweep file, read from there.
+  for series, runs in curve_runs(data):
+    points += [Point(series, p["relative_flops"], p["accuracy"], setting_label(p), name)
+               for p in runs]
   return points
 
 
 def _sweep_points(name: str, data: dict) -> list:
-  points = []
-  for row in data["rows"]:
-    if row["method"] == "none":
-      continue  # the unpruned run, already a curve point
-    series = f"{row['method']}, training-free"
-    if row["method"] == "topk":
-      full = row.get("topk_full_layers") or 0
-      series += f", {full} full layer{'s' * (full != 1)}" if full else ", reference"
-    value = row.get("keep_rate", row.get("final_threshold"))
-    key = "k" if "keep_rate" in row else "θ"
-    points.append(Point(series, row["relative_flops"], row["accuracy"],
-                        f"{key}={value}", name))
-  return points
+  series = f"{sweep_name(data)}, training-free"
+  return [Point(series, row["relative_flops"], row["accuracy"], setting_label(row), name)
+          for row in data["rows"] if row["method"] != "none"]  # none: the baseline
 
 
 def accuracy_points(results_dir: str = DEFAULT_DIR, task: str = "sst2") -> list:
