@@ -74,7 +74,8 @@ def test_first_lines_name_data_and_model(tmp_path):
                  f"--config.data.glue_dir={glue_dir}",
                  "--config.stages=('finetune_typo',)")
   lines = result.stdout.splitlines()
-  assert lines[0] == f"Data: GLUE sst2 from TSV folder {glue_dir} (config.data.glue_dir)"
+  assert lines[0] == (f"Data: GLUE sst2 from TSV folder {glue_dir} "
+                      "(config.data.glue_dir)")
   assert lines[1].startswith("Model: minilm-l6 (random weights, architecture from ")
   assert lines[2].startswith("Stages: finetune_typo (pruning: none)")
   _assert_one_paragraph(result, "Unknown stage 'finetune_typo'")

@@ -28,7 +28,8 @@ def _read(name: str):
 def _execute(name: str, **parameters):
   """Runs colabs/`name` with `parameters` injected; returns the executed notebook."""
   nb = _read(name)
-  tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
+  tagged = [i for i, c in enumerate(nb.cells)
+            if "parameters" in c.metadata.get("tags", [])]
   assert len(tagged) == 1, f"{name}: expected one cell tagged 'parameters'"
   injected = nbformat.v4.new_code_cell(
       "\n".join(f"{key} = {value!r}" for key, value in parameters.items()))

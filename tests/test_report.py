@@ -25,7 +25,7 @@ def test_readme_tables_match_the_json():
   text = _readme()
   assert text.count("<!-- report:") >= 4
   stale = report.stale_tables(text, _RESULTS)
-  assert not stale, f"README tables {stale} differ from the JSON: python -m tpjax.report"
+  assert not stale, f"README tables {stale} are stale: run python -m tpjax.report"
 
 
 def test_every_curve_sweep_and_benchmark_has_a_table():

@@ -103,7 +103,8 @@ def test_html_is_self_contained_and_escaped(tmp_path):
 
 
 def test_pareto_front():
-  p = lambda f, a: results.Point("s", f, a, "", "x")  # pylint: disable=unnecessary-lambda-assignment
+  def p(flops, accuracy):
+    return results.Point("s", flops, accuracy, "", "x")
   points = [p(1.0, 0.9), p(0.6, 0.89), p(0.7, 0.88), p(0.5, 0.80), p(0.6, 0.85)]
   assert results.pareto_front(points) == [p(0.5, 0.80), p(0.6, 0.89), p(1.0, 0.9)]
 

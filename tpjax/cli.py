@@ -96,7 +96,8 @@ def run(main: Callable[[list[str]], None], program: str | None = None) -> None:
 
   Args:
     main: The absl main function.
-    program: Name for messages; default: the running module.
+    program: Name that starts each message, e.g. 'tpjax.main'; default: the
+      script's file name.
   """
   program = program or os.path.basename(sys.argv[0])
   argv = list(sys.argv)

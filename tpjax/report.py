@@ -9,9 +9,9 @@ benchmarks/results/:
 
 The file's kind picks the table (see tpjax/results.py): a curve file gives the trained
 runs' table (accuracy, drop, FLOPs, tokens kept per layer), a sweep file the
-training-free baseline table, a benchmark file the throughput and latency table. Without flags the
-tables are rewritten in place; `--check` only compares and exits 1 when README and
-the measurements disagree (the test suite runs the same check).
+training-free baseline table, a benchmark file the throughput and latency table.
+Without flags the tables are rewritten in place; `--check` only compares, and exits 1
+when README and the measurements disagree (the test suite runs the same check).
 """
 
 import os
@@ -28,8 +28,8 @@ _RESULTS = flags.DEFINE_string("results", results.DEFAULT_DIR,
                                "Folder of result JSON files.")
 _CHECK = flags.DEFINE_bool("check", False, "Only check; exit 1 if a table is stale.")
 
-_BLOCK = re.compile(r"(<!-- report:(?P<name>[^ ]+) -->\n)(?P<body>.*?)(<!-- /report -->)",
-                    re.DOTALL)
+_BLOCK = re.compile(
+    r"(<!-- report:(?P<name>[^ ]+) -->\n)(?P<body>.*?)(<!-- /report -->)", re.DOTALL)
 
 
 def _table(header: list, rows: list) -> str:

@@ -111,7 +111,8 @@ def _curve_points(name: str, data: dict) -> list:
 
 def _sweep_points(name: str, data: dict) -> list:
   series = f"{sweep_name(data)}, training-free"
-  return [Point(series, row["relative_flops"], row["accuracy"], setting_label(row), name)
+  return [Point(series, row["relative_flops"], row["accuracy"], setting_label(row),
+                name)
           for row in data["rows"] if row["method"] != "none"]  # none: the baseline
 
 

@@ -209,9 +209,9 @@ def locate_glue_dir(glue_dir: str | None = None) -> tuple[str | None, str]:
     glue_dir: Explicit folder (e.g. config.data.glue_dir); wins when given.
 
   Returns:
-    (folder or None, origin): origin names where the folder came from
-    ('config.data.glue_dir', '$TPJAX_GLUE_DIR', 'beside the checkout') or, with None, what
-    was looked for.
+    (folder or None, origin): origin says where the folder came from
+    ('config.data.glue_dir', '$TPJAX_GLUE_DIR' or 'beside the checkout') or,
+    with None, what was looked for.
 
   Raises:
     FileNotFoundError: If an explicitly named folder does not exist; falling
@@ -250,7 +250,7 @@ def describe_source(task: str, glue_dir: str | None = None,
     source: As for `load_examples`.
 
   Returns:
-    E.g. "GLUE sst2 from TSV folder /data/glue (from $TPJAX_GLUE_DIR)".
+    E.g. "GLUE sst2 from TSV folder /data/glue ($TPJAX_GLUE_DIR)".
 
   Raises:
     FileNotFoundError: As `locate_glue_dir`.
