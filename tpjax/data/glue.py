@@ -123,8 +123,10 @@ _TSV_FILES = {
 }
 
 _HOW_TO_SUPPLY = (
-    "set config.data.glue_dir or ${env} to a download_glue_data.py folder, "
-    "or install tensorflow-cpu so TFDS can build glue/{task}")
+    "set config.data.glue_dir or ${env} to a download_glue_data.py folder (or "
+    "put one at ../shared/data/glue beside the checkout), or let TFDS build "
+    "glue/{task}, which needs tensorflow-cpu (pip install 'tpjax[tfds]') and "
+    "internet access the first time")
 
 
 class GlueDataError(RuntimeError):
