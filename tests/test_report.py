@@ -50,6 +50,8 @@ def test_a_changed_measurement_makes_the_check_fail(tmp_path):
   assert check.returncode == 1
   assert "inference_sst2_ltp_lam0.05.json" in check.stderr
   subprocess.run(command, check=True, capture_output=True, cwd=_ROOT)
+  for picture in ("pareto_sst2.png", "throughput.png"):  # drawn beside the JSON
+    assert (tmp_path / "results" / picture).stat().st_size > 10_000
   text = readme.read_text()
   assert "| pruned (compaction engine) | 12345.0 |" in text
   assert report.stale_tables(text, str(tmp_path / "results")) == []

@@ -10,8 +10,10 @@ benchmarks/results/:
 The file's kind picks the table (see tpjax/results.py): a curve file gives the trained
 runs' table (accuracy, drop, FLOPs, tokens kept per layer), a sweep file the
 training-free baseline table, a benchmark file the throughput and latency table.
-Without flags the tables are rewritten in place; `--check` only compares, and exits 1
-when README and the measurements disagree (the test suite runs the same check).
+Without flags the tables are rewritten in place and the pictures README shows are
+redrawn (`pareto_<task>.png`, `throughput.png`, beside the JSON); `--check` only
+compares the tables, and exits 1 when README and the measurements disagree (the test
+suite runs the same check).
 """
 
 import os
@@ -22,11 +24,13 @@ from absl import flags
 
 from tpjax import cli
 from tpjax import results
+from tpjax import viz
 
 _README = flags.DEFINE_string("readme", "README.md", "The file holding the tables.")
 _RESULTS = flags.DEFINE_string("results", results.DEFAULT_DIR,
                                "Folder of result JSON files.")
 _CHECK = flags.DEFINE_bool("check", False, "Only check; exit 1 if a table is stale.")
+_TASK = flags.DEFINE_string("task", "sst2", "Task of the accuracy-versus-FLOPs plot.")
 
 _BLOCK = re.compile(
     r"(<!-- report:(?P<name>[^ ]+) -->\n)(?P<body>.*?)(<!-- /report -->)", re.DOTALL)
@@ -123,6 +127,25 @@ def stale_tables(text: str, results_dir: str) -> list:
           if old.get(m.group("name")) != m.group("body")]
 
 
+def draw_plots(results_dir: str, task: str) -> list:
+  """Redraws the pictures README shows, next to the JSON they come from.
+
+  Args:
+    results_dir: Folder of result JSON files; the PNGs are written there.
+    task: Task whose accuracy-versus-FLOPs points are plotted.
+
+  Returns:
+    Paths written: `pareto_<task>.png` and `throughput.png`.
+  """
+  pareto = os.path.join(results_dir, f"pareto_{task}.png")
+  viz.pareto_plot(results.accuracy_points(results_dir, task),
+                  title=f"{task}: dev accuracy versus relative FLOPs", path=pareto)
+  throughput = os.path.join(results_dir, "throughput.png")
+  viz.throughput_plot(list(results.inference_results(results_dir).values()),
+                      path=throughput)
+  return [pareto, throughput]
+
+
 def main(argv):
   del argv
   with open(_README.value, encoding="utf-8") as f:
@@ -142,7 +165,8 @@ def main(argv):
       f.write(render(text, _RESULTS.value))
     os.replace(tmp, _README.value)
   print(f"{_README.value}: {tables} tables, {len(stale)} rewritten "
-        f"({', '.join(stale) or 'none'}).")
+        f"({', '.join(stale) or 'none'}); pictures: "
+        f"{', '.join(draw_plots(_RESULTS.value, _TASK.value))}.")
 
 
 if __name__ == "__main__":
