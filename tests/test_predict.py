@@ -40,7 +40,7 @@ def test_bad_lines_get_their_own_output(workdir):
   for r in (out[0], out[4], out[5]):
     assert r["label"] in (0, 1)
     assert abs(sum(r["probabilities"]) - 1) < 1e-5
-    assert len(r["kept_per_layer"]) == 2
+    assert len(r["kept_per_layer"]) == predictor.run.model.config.num_hidden_layers
     assert [len(k) for k in r["kept_tokens"]] == r["kept_per_layer"]
     assert [len(k) for k in r["kept_positions"]] == r["kept_per_layer"]
     assert len(r["input_tokens"]) == r["tokens"]
