@@ -2,9 +2,11 @@
 
 import ml_collections
 
+placeholder = ml_collections.config_dict.placeholder
+
 
 def stage(num_epochs: float, learning_rate: float, pruning_learning_rate: float = 0.0,
-          handover: str = "best") -> ml_collections.ConfigDict:
+          handover: str = "best", flops_budget: str = "") -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
       "num_epochs": float(num_epochs),  # fractional epochs allowed
       "learning_rate": learning_rate,
@@ -13,6 +15,15 @@ def stage(num_epochs: float, learning_rate: float, pruning_learning_rate: float 
       # What the next stage starts from: 'best' dev checkpoint, or the 'last' state
       # (the soft stage's job is to learn thresholds, which its last state holds).
       "handover": handover,
+      # Checkpoints eligible as 'best': '' all; 'start' those whose relative FLOPs are
+      # at most the stage's start (+ train.flops_slack), so fine-tuning after pruning
+      # cannot buy accuracy by keeping more tokens; or a number, a FLOPs target.
+      "flops_budget": flops_budget,
+      # Optimizer overrides for this stage; None: the LTP family's variant
+      # (tpjax/pruning/ltp_variant.py) in pruning stages, else config.train's value.
+      "warmup_ratio": placeholder(float),
+      "weight_decay": placeholder(float),
+      "clip_mode": placeholder(str),
   })
 
 
@@ -39,13 +50,15 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.data.buckets = (16, 32, 64, 128)
   config.data.per_device_batch_size = 32
   config.data.per_device_eval_batch_size = 64
-  config.data.max_train_examples = ml_collections.config_dict.placeholder(int)
-  config.data.max_eval_examples = ml_collections.config_dict.placeholder(int)
+  config.data.max_train_examples = placeholder(int)
+  config.data.max_eval_examples = placeholder(int)
 
   config.train = ml_collections.ConfigDict()
   config.train.warmup_ratio = 0.06
   config.train.weight_decay = 0.01
   config.train.grad_clip = 1.0
+  config.train.clip_mode = "per_group"     # per_group | joint (one norm over all params)
+  config.train.flops_slack = 0.005         # tolerance of flops_budget='start'
   config.train.max_steps = 0               # 0: no cap (whole epochs)
   config.train.log_every_steps = 50
   config.train.eval_every_steps = 0        # 0: once per epoch
@@ -56,7 +69,7 @@ def get_base_config() -> ml_collections.ConfigDict:
       "finetune": stage(num_epochs=1, learning_rate=5e-5),
       "soft": stage(num_epochs=1, learning_rate=2e-5, pruning_learning_rate=2e-5,
                     handover="last"),
-      "hard": stage(num_epochs=1, learning_rate=1e-5),
+      "hard": stage(num_epochs=1, learning_rate=1e-5, flops_budget="start"),
   })
 
   config.pruning = ml_collections.ConfigDict()
@@ -66,10 +79,16 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.pruning.final_threshold = 0.01   # ltp / threshold: last layer's initial theta
   config.pruning.temperature = 1e-3       # ltp soft mask temperature
   config.pruning.reg_lambda = 0.05        # ltp mask regulariser weight
-  # cumulative: soft masks multiply across layers and softly mask later keys, as hard
-  # pruning does at inference; reference: the LTP code's per-layer output scaling,
-  # which collapsed under hard evaluation on SST-2 (README, "Choosing the variant").
-  config.pruning.soft_variant = "cumulative"  # cumulative | reference
+  config.pruning.first_layer_prunes = False  # ltp/threshold: layer 0 fixed at theta 0
+  # LTP family (ltp, threshold, topk): 'reference' follows the LTP code, 'tpjax' makes
+  # tpjax's choices; each choice below left None takes the variant's value
+  # (tpjax/pruning/ltp_variant.py and README, "LTP: reference and tpjax variants").
+  config.pruning.variant = "tpjax"        # tpjax | reference
+  config.pruning.soft_variant = placeholder(str)     # cumulative | reference
+  config.pruning.reg_masks = placeholder(str)        # cumulative | layer
+  config.pruning.reg_norm = placeholder(str)         # live | fixed
+  config.pruning.threshold_floor = placeholder(float)
+  config.pruning.topk_rounding = placeholder(str)    # ceil | round
   config.pruning.keep_rate = 0.5          # topk: keep rate at the last layer
   config.pruning.topk_full_layers = 0     # topk: unpruned first layers; 0: max(3, 0.15 L)
   # top (ToP, tpjax/pruning/top.py): hard-concrete gates per layer and per rank bin
@@ -85,4 +104,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.pruning.top_layer_gate_init = 0.05  # initial P(gate open)
   config.pruning.top_bin_gate_init = 0.998
   config.pruning.top_freeze_embeddings = True
+  # Adam's second-moment decay for gates and multipliers; 0.999 (Adam's default, the
+  # reference's) reacts slowly after large early gradients in short runs.
+  config.pruning.top_adam_b2 = 0.999
   return config

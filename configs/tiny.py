@@ -1,4 +1,4 @@
-"""A random two-layer encoder on a few hundred examples: tests and smoke runs."""
+"""A random four-layer encoder on a few hundred examples: tests and smoke runs."""
 
 import ml_collections
 
@@ -10,7 +10,7 @@ def get_config():
   config.task = "sst2"
   config.model.random_init = True
   config.model.overrides = ml_collections.ConfigDict({
-      "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+      "hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2,
       "intermediate_size": 64, "hidden_dropout_prob": 0.1,
       "attention_probs_dropout_prob": 0.1})
   config.data.max_length = 32

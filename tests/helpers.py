@@ -33,3 +33,66 @@ def tiny_config(glue_dir: str, **train_overrides):
   for key, value in train_overrides.items():
     config.train[key] = value
   return config
+
+
+# Sentences of different lengths for the shared pruning test case.
+PRUNING_TEXTS = [
+    "good film", "the plot is very dull and the acting awful but the music is fine",
+    "a", "not a great story but fine acting", "the film was very very very dull",
+    "awful", "great great great film with a very good plot and fine acting too",
+    "the story is not bad and the acting is not awful either, a fine film"]
+# Fraction of the still-live tokens each layer keeps (layer 0 never prunes).
+PRUNING_KEEP = (1.0, 0.7, 0.7, 0.7)
+
+
+class PruningCase:
+  """A 4-layer random encoder with LTP thresholds that really prune.
+
+  Thresholds are set, layer by layer, between two neighbouring importance scores at
+  the `PRUNING_KEEP` quantile of the live tokens of `PRUNING_TEXTS`, so middle layers
+  keep 30-70% of the real tokens, differently per example, and no score sits within
+  float error of a threshold. Attributes: model, params ({'model', 'pruning'}),
+  tokenizer, method (LTP with `score_norm`), texts.
+  """
+
+  def __init__(self, seed: int = 7, score_norm: str = "fixed"):
+    # Imported here so test modules that only need the TSV writer stay light.
+    import jax
+    import jax.numpy as jnp
+    from tpjax import train
+    from tpjax.pruning import registry
+    from tpjax.pruning import scores
+
+    config = tiny.get_config()
+    with config.unlocked():
+      config.model.overrides.initializer_range = 0.2  # peaked attention, spread scores
+    self.model, model_params, self.tokenizer = train.build_model(
+        config, 2, jax.random.PRNGKey(seed))
+    config.pruning.method = "ltp"
+    config.pruning.final_threshold = 0.0  # theta_l = delta_l
+    config.pruning.score_norm = score_norm
+    self.method = registry.get_method(config.pruning, self.model.config)
+    self.texts = list(PRUNING_TEXTS)
+    batch = self.tokenizer(self.texts, length=32)
+    layers = self.model.config.num_hidden_layers
+    delta = np.full((layers,), -1.0, np.float32)  # -1: keep everything
+    for layer in range(1, layers):
+      self.params = {"model": model_params, "pruning": {"delta": jnp.asarray(delta)}}
+      out = self.model.apply({"params": model_params}, **batch, output_attentions=True,
+                             prune_fn=self.method.prune_fn(self.params["pruning"], "hard"))
+      live = out.token_masks[layer - 1]
+      score = np.asarray(scores.importance(out.attentions[layer], live, score_norm))
+      candidates = np.sort(score[:, 1:][np.asarray(live)[:, 1:] > 0])  # [CLS] is kept
+      cut = int(round((1 - PRUNING_KEEP[layer]) * len(candidates)))
+      delta[layer] = 0.5 * (candidates[cut - 1] + candidates[cut])
+      margin = (candidates[cut] - candidates[cut - 1]) / delta[layer]
+      assert margin > 1e-3, f"layer {layer}: scores too close to the threshold"
+    self.params = {"model": model_params, "pruning": {"delta": jnp.asarray(delta)}}
+
+  def kept_fraction(self) -> np.ndarray:
+    """<float>[examples, layers]: tokens left after each layer / real tokens."""
+    batch = self.tokenizer(self.texts, length=32)
+    out = self.model.apply({"params": self.params["model"]}, **batch,
+                           prune_fn=self.method.prune_fn(self.params["pruning"], "hard"))
+    kept = np.stack([np.asarray(m).sum(-1) for m in out.token_masks], -1)
+    return kept / batch["attention_mask"].sum(-1, keepdims=True)

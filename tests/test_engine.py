@@ -5,74 +5,92 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import tiny
+from tests import helpers
 from tpjax import train
 from tpjax.inference import engine as engine_lib
 from tpjax.pruning import registry
 
-TEXTS = ["good film", "the plot is very dull and the acting awful but the music is fine",
-         "a", "not a great story but fine acting", "the film was very very very dull",
-         "awful", "great great great film with a very good plot and fine acting too"]
 BUCKETS = (4, 8, 16, 32)
+# README states this bound for compacted against masked logits.
+EXACT_ATOL = 1e-6
 
 
 @pytest.fixture(scope="module")
-def tiny_model():
-  config = tiny.get_config()
-  config.model.overrides.num_hidden_layers = 4  # top-k keeps the first 3 layers whole
-  model, params, tokenizer = train.build_model(config, 2, jax.random.PRNGKey(7))
-  return model, params, tokenizer
+def case():
+  return helpers.PruningCase()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(case):
+  return case.model, case.params["model"], case.tokenizer
 
 
 def _method(model, **fields):
-  config = tiny.get_config().pruning
+  config = helpers.tiny.get_config().pruning
   config.update(fields)
-  method = registry.get_method(config, model.config)
-  return method
+  return registry.get_method(config, model.config)
 
 
-METHODS = {
-    "ltp": dict(method="ltp", final_threshold=0.02),
-    "threshold": dict(method="threshold", final_threshold=0.03),
-    "topk": dict(method="topk", keep_rate=0.3),
-    "ltp_live_norm": dict(method="ltp", final_threshold=0.5, score_norm="live"),
-}
+def _methods(case):
+  """Every method on the shared 4-layer model, each with parameters that prune."""
+  model = case.model
+  live = helpers.PruningCase(score_norm="live")
+  return {
+      "ltp": (case.method, case.params["pruning"]),
+      "ltp_live_norm": (live.method, live.params["pruning"]),
+      "threshold": (_method(model, method="threshold", final_threshold=0.0135), {}),
+      "topk": (_method(model, method="topk", keep_rate=0.3, topk_full_layers=1), {}),
+      "topk_round": (_method(model, method="topk", keep_rate=0.3, topk_full_layers=1,
+                             variant="reference"), {}),
+  }
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
-def test_compacted_equals_masked(tiny_model, name):
-  model, model_params, tokenizer = tiny_model
-  method = _method(model, **METHODS[name])
-  pruning = method.init_params(jax.random.PRNGKey(0))
-  if "delta" in pruning:
-    pruning = {"delta": jnp.array([0.0, 0.003, 0.003, 0.003])}
-  params = {"model": model_params, "pruning": pruning}
+METHOD_NAMES = ("ltp", "ltp_live_norm", "threshold", "topk", "topk_round")
+
+
+def test_shared_case_really_prunes(case):
+  kept = case.kept_fraction()
+  middle = kept[:, 1:-1].mean()
+  assert 0.3 <= middle <= 0.7, middle
+  assert (kept[:, 0] == 1).all(), "layer 0 never prunes"
+  assert len({tuple(row) for row in kept.round(3)}) > len(kept) // 2, "same per example"
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_compacted_equals_masked(case, name):
+  model, tokenizer = case.model, case.tokenizer
+  method, pruning = _methods(case)[name]
+  params = {"model": case.params["model"], "pruning": pruning}
   engine = engine_lib.Engine(model, params, method, BUCKETS)
-  batch = tokenizer(TEXTS, length=32)
+  texts = case.texts
+  batch = tokenizer(texts, length=32)
   masked = train.eval_step(params, batch, model=model, method=method, stage="hard")
   compacted = engine(batch, return_kept_positions=True)
   np.testing.assert_array_equal(compacted["kept"], np.asarray(masked["kept"]))
   diff = np.abs(compacted["logits"] - np.asarray(masked["logits"])).max()
   print(f"{name}: max |compacted - masked| logit difference {diff:.2e}")
-  assert diff <= 1e-4
-  assert compacted["kept"][:, -1].sum() < batch["attention_mask"].sum(), "no pruning"
+  assert diff <= EXACT_ATOL
+  # Pruned tokens feed later layers: at least two layers prune, and most tokens go.
+  fraction = compacted["kept"] / batch["attention_mask"].sum(-1, keepdims=True)
+  assert fraction[:, -1].mean() < 0.7, fraction
+  assert (np.diff(compacted["kept"], axis=1) < 0).any(axis=0).sum() >= 2, "one layer"
   np.testing.assert_array_equal(compacted["kept_positions"].sum(-1).T, compacted["kept"])
   assert compacted["kept_positions"][:, :, 0].all()  # [CLS] always kept
 
   # The same examples alone, reordered, or in a smaller bucket give the same output.
-  for i, text in enumerate(TEXTS):
+  for i, text in enumerate(texts):
     alone = engine(tokenizer([text]))
-    np.testing.assert_allclose(alone["logits"][0], compacted["logits"][i], atol=1e-5)
+    np.testing.assert_allclose(alone["logits"][0], compacted["logits"][i], atol=EXACT_ATOL)
     np.testing.assert_array_equal(alone["kept"][0], compacted["kept"][i])
-  reordered = engine(tokenizer(TEXTS[::-1], length=16))
-  np.testing.assert_allclose(reordered["logits"][::-1], compacted["logits"], atol=1e-5)
+  reordered = engine(tokenizer(texts[::-1], length=32))
+  np.testing.assert_allclose(reordered["logits"][::-1], compacted["logits"], atol=EXACT_ATOL)
 
 
 def test_no_pruning_path_matches_model(tiny_model):
   model, model_params, tokenizer = tiny_model
   params = {"model": model_params, "pruning": {}}
   engine = engine_lib.Engine(model, params, None, BUCKETS)
-  batch = tokenizer(TEXTS, length=32)
+  batch = tokenizer(helpers.PRUNING_TEXTS, length=32)
   expected = model.apply({"params": model_params}, **batch).logits
   out = engine(batch)
   np.testing.assert_allclose(out["logits"], expected, atol=1e-5)

@@ -1,14 +1,12 @@
 """LTP through the training loop: staged pipeline, frozen thresholds, invariance."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from tests import helpers
 from tpjax import train
 from tpjax.pruning import ltp
-from tpjax.pruning import registry
 
 
 @pytest.fixture(scope="module")
@@ -29,18 +27,31 @@ def _ltp_config(glue_dir):
 
 def test_ltp_pipeline_end_to_end(glue_dir, tmp_path):
   config = _ltp_config(glue_dir)
+  config.train.eval_every_steps = 8  # several hard-stage candidates to choose from
   summary = train.train_and_evaluate(config, str(tmp_path))
   stages = summary["stages"]
   assert list(stages) == ["finetune", "soft", "hard"]
-  initial = np.asarray(ltp.threshold_schedule(0.02, 2))
+  initial = np.asarray(ltp.threshold_schedule(0.02, 4))
   soft = np.array(stages["soft"]["pruning"]["thresholds"])
   hard = np.array(stages["hard"]["pruning"]["thresholds"])
-  assert np.abs(soft - initial).max() > 1e-4, "thresholds should learn in the soft stage"
+  assert soft[0] == 0.0, "layer 0 must never prune"
+  assert np.abs(soft - initial)[1:].min() > 1e-4, "thresholds should learn in the soft stage"
   np.testing.assert_array_equal(hard, soft)  # frozen in the hard stage
   dev = summary["dev"]["validation"]
-  assert 0 < dev["relative_flops"] <= 1.0
-  assert len(dev["tokens_kept_per_layer"]) == 2
+  kept = np.array(dev["tokens_kept_per_layer"])
+  assert len(kept) == 4 and kept[0] == 1.0
+  # Really pruned: tokens go after layer 0 and FLOPs fall by more than rounding.
+  assert kept[-1] < 0.9 and dev["relative_flops"] < 0.95, dev
   assert summary["method"] == "ltp"
+  # The hard stage hands over a checkpoint within the FLOPs the soft stage reached.
+  soft_flops = stages["soft"]["dev"]["validation"]["relative_flops"]
+  assert stages["hard"]["start_relative_flops"] == soft_flops
+  assert stages["hard"]["flops_budget"] == pytest.approx(soft_flops + 0.005)
+  assert dev["relative_flops"] <= soft_flops + 0.005
+  assert stages["hard"]["flops_drift"] == pytest.approx(dev["relative_flops"] - soft_flops)
+  # config.json records the variant's resolved choices, not None.
+  assert summary["config"]["pruning"]["reg_norm"] == "live"
+  assert summary["config"]["stage_settings"]["soft"]["clip_mode"] == "per_group"
 
   # A later run can start from this run's fine-tuned weights.
   config = _ltp_config(glue_dir)
@@ -50,14 +61,10 @@ def test_ltp_pipeline_end_to_end(glue_dir, tmp_path):
   assert list(again["stages"]) == ["soft"]
 
 
-def test_hard_eval_does_not_depend_on_batch(glue_dir):
-  config = _ltp_config(glue_dir)
-  config.pruning.score_norm = "fixed"
-  model, model_params, tokenizer = train.build_model(config, 2, jax.random.PRNGKey(3))
-  method = registry.get_method(config.pruning, model.config)
-  params = {"model": model_params, "pruning": {"delta": jnp.array([0.0, 0.004])}}
-  texts = ["good film", "the plot is very dull and the acting awful", "a",
-           "not a great story but fine acting"]
+def test_hard_eval_does_not_depend_on_batch():
+  case = helpers.PruningCase()
+  model, params, tokenizer, method = case.model, case.params, case.tokenizer, case.method
+  texts = case.texts[:4]
   step = jax.jit(lambda p, b: train.eval_step(p, b, model=model, method=method,
                                               stage="hard"))
 
@@ -66,10 +73,12 @@ def test_hard_eval_does_not_depend_on_batch(glue_dir):
     return jax.tree.map(np.asarray, step(params, batch))
 
   together = run(texts, 32)
-  assert together["kept"][:, -1].min() < together["length"].max(), "nothing was pruned"
+  pruned = together["kept"][:, -1] < together["length"]
+  assert pruned.sum() >= 2, "the case must prune in most examples"
   for i, text in enumerate(texts):
     alone = run([text], None)
-    np.testing.assert_allclose(alone["logits"][0], together["logits"][i], atol=1e-5)
+    np.testing.assert_allclose(alone["logits"][0], together["logits"][i], atol=1e-6)
     np.testing.assert_array_equal(alone["kept"][0], together["kept"][i])
   reordered = run(texts[::-1] + ["filler words here"], 24)
-  np.testing.assert_allclose(reordered["logits"][:4][::-1], together["logits"], atol=1e-5)
+  np.testing.assert_allclose(reordered["logits"][:4][::-1], together["logits"], atol=1e-6)
+  np.testing.assert_array_equal(reordered["kept"][:4][::-1], together["kept"])

@@ -74,28 +74,48 @@ def _decay_mask(params: Any) -> Any:
       lambda path, _: path[-1].key not in ("bias", "scale"), params)
 
 
+def stage_optimizer_setting(settings: ml_collections.ConfigDict,
+                            train: ml_collections.ConfigDict, name: str) -> Any:
+  """A stage's own optimizer setting (warmup_ratio, weight_decay, clip_mode), or the
+  run-wide one in `config.train` when the stage leaves it None."""
+  value = settings.get(name)
+  return train[name] if value is None else value
+
+
 def make_optimizer(settings: ml_collections.ConfigDict, train: ml_collections.ConfigDict,
                    total_steps: int,
                    pruning_tx: optax.GradientTransformation) -> optax.GradientTransformation:
-  """AdamW with warmup + linear decay for the model; `pruning_tx` for pruning params.
+  """AdamW with warmup + linear decay for the model; `pruning_tx` for params['pruning'].
 
   Args:
-    settings: the stage's settings (learning_rate).
-    train: shared settings (warmup_ratio, weight_decay, grad_clip).
+    settings: the stage's settings (learning_rate and optional warmup_ratio,
+      weight_decay, clip_mode overrides).
+    train: shared settings (warmup_ratio, weight_decay, grad_clip, clip_mode).
     total_steps: optimizer steps in the stage.
     pruning_tx: the method's optimizer (`Method.pruning_optimizer`), or
-      `optax.set_to_zero()` where the pruning parameters are frozen.
+      `optax.set_to_zero()` where pruning parameters are frozen.
   """
-  warmup = int(train.warmup_ratio * total_steps)
-  model_lr = optax.join_schedules(
-      [optax.linear_schedule(0.0, settings.learning_rate, max(warmup, 1)),
-       optax.linear_schedule(settings.learning_rate, 0.0, max(total_steps - warmup, 1))],
-      [max(warmup, 1)])
+  setting = functools.partial(stage_optimizer_setting, settings, train)
+  warmup = int(setting("warmup_ratio") * total_steps)
+  model_lr = optax.linear_schedule(settings.learning_rate, 0.0, max(total_steps, 1))
+  if warmup:
+    model_lr = optax.join_schedules(
+        [optax.linear_schedule(0.0, settings.learning_rate, warmup),
+         optax.linear_schedule(settings.learning_rate, 0.0, max(total_steps - warmup, 1))],
+        [warmup])
   model_tx = optax.chain(
       optax.clip_by_global_norm(train.grad_clip),
-      optax.adamw(model_lr, weight_decay=train.weight_decay, mask=_decay_mask))
-  return optax.multi_transform({"model": model_tx, "pruning": pruning_tx},
-                               {"model": "model", "pruning": "pruning"})
+      optax.adamw(model_lr, weight_decay=setting("weight_decay"), mask=_decay_mask))
+  tx = optax.multi_transform({"model": model_tx, "pruning": pruning_tx},
+                             {"model": "model", "pruning": "pruning"})
+  clip_mode = setting("clip_mode")
+  if clip_mode == "joint":
+    # One norm over model and pruning gradients together (the LTP reference's
+    # torch clip_grad_norm_); the per-group clips above are then no-ops.
+    return optax.chain(optax.clip_by_global_norm(train.grad_clip), tx)
+  if clip_mode != "per_group":
+    raise ValueError(f"clip_mode {clip_mode!r} is not 'per_group' or 'joint'.")
+  return tx
 
 
 # --------------------------------------------------------------------------- steps
@@ -234,8 +254,35 @@ class RunContext:
   mesh: Any
 
 
+def flops_budget(settings: ml_collections.ConfigDict, start_flops: float,
+                 slack: float) -> Optional[float]:
+  """The most relative FLOPs a stage's 'best' checkpoint may have, or None (no bound).
+
+  `settings.flops_budget`: '' (no bound), 'start' (the FLOPs the stage started from,
+  plus `slack`) or a number (a target).
+  """
+  budget = settings.flops_budget
+  if not budget:
+    return None
+  if budget == "start":
+    return start_flops + slack
+  try:
+    return float(budget)
+  except ValueError:
+    raise ValueError(f"flops_budget {budget!r} is not '', 'start' or a number.") from None
+
+
+def selection_score(metric: float, relative_flops: float, budget: Optional[float]) -> float:
+  """What 'best' maximises: the dev metric inside the FLOPs budget; outside it, below
+  every checkpoint inside it, and the fewer FLOPs the better."""
+  if budget is None or relative_flops <= budget:
+    return metric
+  return -1e6 - relative_flops
+
+
 def run_stage(ctx: RunContext, stage: str, init_params: dict,
-              teacher: Optional[dict] = None) -> tuple[dict, dict]:
+              teacher: Optional[dict] = None,
+              start_flops: float = 1.0) -> tuple[dict, dict]:
   """Trains one stage (resuming if possible).
 
   Args:
@@ -243,6 +290,8 @@ def run_stage(ctx: RunContext, stage: str, init_params: dict,
     stage: one of `pruning_base.STAGES`.
     init_params: {'model': ..., 'pruning': ...} the stage starts from.
     teacher: frozen model parameters for a method that distils, or None.
+    start_flops: dev relative FLOPs of `init_params` (the previous stage's result),
+      for the stage's FLOPs budget and drift.
   Returns:
     (the parameters handed to the next stage: best or last, per the stage's
     `handover` setting; the stage summary with their dev metrics).
@@ -294,13 +343,19 @@ def run_stage(ctx: RunContext, stage: str, init_params: dict,
   step = int(state.step)
   start_time = time.time()
   eval_every = config.train.eval_every_steps or per_epoch
+  budget = flops_budget(settings, start_flops, config.train.flops_slack)
 
   def evaluate_and_keep_best(step):
     result = eval_fn(state.params, main_split)
     result.update(ctx.method.metrics(parallel.to_host(state.params["pruning"])))
     reporter.write(step, f"eval_{main_split}", result)
-    if ckpts.save_best(step, state, result[info.metric]):
-      logging.info("New best %s %.4f at step %d.", info.metric, result[info.metric], step)
+    score = selection_score(result[info.metric], result["relative_flops"], budget)
+    if ckpts.save_best(step, state, score):
+      logging.info("New best %s %.4f at step %d (relative FLOPs %.4f).", info.metric,
+                   result[info.metric], step, result["relative_flops"])
+
+  if budget is not None and step == 0:
+    evaluate_and_keep_best(0)  # the starting point is a candidate within the budget
 
   bar = tqdm.tqdm(total=total_steps, initial=step, desc=stage, unit="step",
                   disable=not (is_main and config.train.progress_bar), dynamic_ncols=True)
@@ -339,8 +394,14 @@ def run_stage(ctx: RunContext, stage: str, init_params: dict,
   ckpts.close()
   handover = best.params if best is not None else state.params
   dev = {split: eval_fn(handover, split) for split in info.eval_splits}
+  end_flops = dev[main_split]["relative_flops"]
+  if budget is not None and end_flops > budget:
+    logging.warning("Stage %s: no checkpoint within the FLOPs budget %.4f; handing over "
+                    "the one with the fewest FLOPs (%.4f).", stage, budget, end_flops)
   summary = {"stage": stage, "steps": total_steps, "epochs": settings.num_epochs,
-             "handover": settings.handover,
+             "handover": settings.handover, "flops_budget": budget,
+             "start_relative_flops": start_flops,
+             "flops_drift": end_flops - start_flops,
              # time of this invocation only: a resumed stage counts from the resume
              "wall_time_s": time.time() - start_time, "dev": dev,
              "pruning": ctx.method.metrics(parallel.to_host(handover["pruning"]))}
@@ -371,6 +432,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = parallel.make_mesh(config.num_devices)
   rng = jax.random.PRNGKey(config.seed)
   model, model_params, tokenizer = build_model(config, info.num_labels, rng)
+  registry.complete_config(config)
   method = registry.get_method(config.pruning, model.config)
   config.data.buckets = batching.normalize_buckets(config.data.buckets,
                                                    config.data.max_length)
@@ -390,13 +452,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     params = _init_from(config.init_from, params)
   stages = {}
   teacher = None
+  start_flops = 1.0
   for stage in config.stages:
     if stage not in pruning_base.STAGES:
       raise ValueError(f"Unknown stage {stage!r}; expected one of {pruning_base.STAGES}.")
     if method.needs_teacher and stage != "finetune" and teacher is None:
       teacher = params["model"]  # the fine-tuned (or init_from) unpruned model
     params, stages[stage] = run_stage(ctx, stage, params,
-                                      teacher if stage != "finetune" else None)
+                                      teacher if stage != "finetune" else None,
+                                      start_flops=start_flops)
+    start_flops = stages[stage]["dev"][info.eval_splits[0]]["relative_flops"]
 
   last = stages[config.stages[-1]]
   summary = {"task": config.task, "method": method.name,

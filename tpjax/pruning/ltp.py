@@ -1,9 +1,11 @@
 """Learned Token Pruning (Kim et al., KDD 2022; methods.md section 1).
 
 Each layer l has a threshold theta_l = final_threshold * l / L + delta_l with a
-learnable delta_l. Soft stage: m_l = sigmoid((s_l - theta_l) / T), penalised by
-lambda * sum_l mean(m_l) over real tokens. Hard stage: keep_l = s_l >= theta_l, and
-pruned tokens stay pruned in every later layer.
+learnable delta_l; layer 0 keeps theta = 0 and never prunes (as in the reference) unless
+`first_layer_prunes`. Soft stage: m_l = sigmoid((s_l - theta_l) / T), penalised by
+lambda * sum_l of the masks' normalised sums over real tokens. Hard stage:
+keep_l = s_l >= max(theta_l, floor), and pruned tokens stay pruned in every later layer.
+Where tpjax may depart from the reference is listed in `ltp_variant`.
 """
 
 import jax
@@ -11,9 +13,8 @@ import jax.numpy as jnp
 
 from tpjax.models import encoder as encoder_lib
 from tpjax.pruning import base
+from tpjax.pruning import ltp_variant
 from tpjax.pruning import scores
-
-SOFT_VARIANTS = ("reference", "cumulative")
 
 
 def threshold_schedule(final_threshold: float, num_layers: int) -> jax.Array:
@@ -32,45 +33,55 @@ def hard_keep(score: jax.Array, threshold: jax.Array, token_mask: jax.Array) -> 
   return scores.protect_first(keep, token_mask)
 
 
-def mask_regularizer(masks: tuple, attention_mask: jax.Array) -> jax.Array:
-  """sum_l of the mean soft mask over real tokens, per example.
+def mask_regularizer(masks: tuple, attention_mask: jax.Array,
+                     norm: str = "live", constant: float = 128.0) -> jax.Array:
+  """Sum over layers of each mask's sum over real tokens, normalised, per example.
 
   Args:
-    masks: L x <float32>[batch, seq].
+    masks: per layer <float32>[batch, seq], or None for a layer that does not prune.
     attention_mask: [batch, seq], 1 for real tokens.
+    norm: 'live' (divide by the number of real tokens) or 'fixed' (by `constant`, the
+      LTP reference's mean over its 128 padded positions).
+    constant: the divisor for 'fixed'.
   Returns:
     <float32>[batch].
   """
   real = attention_mask.astype(jnp.float32)
-  count = jnp.maximum(jnp.sum(real, axis=-1), 1.0)
-  return sum(jnp.sum(m * real, axis=-1) / count for m in masks)
+  if norm == "fixed":
+    count = jnp.full(real.shape[:1], constant, jnp.float32)
+  else:
+    count = jnp.maximum(jnp.sum(real, axis=-1), 1.0)
+  return sum(jnp.sum(m * real, axis=-1) / count for m in masks if m is not None)
 
 
 class ThresholdMethod(base.Method):
   """Hard thresholds on the importance score: LTP (learned) or manual (fixed).
 
-  Attributes (from the config): final_threshold, temperature, reg_lambda,
-  soft_variant ('reference': m scales the layer's output, as in the reference code;
-  'cumulative': m multiplies into the running mask and softly masks later keys),
-  score_norm, score_norm_constant.
+  Attributes (from the config): final_threshold, temperature, reg_lambda, score_norm,
+  score_norm_constant, first_layer_prunes, and the variant choices of `ltp_variant`
+  (soft_variant, reg_masks, reg_norm, threshold_floor).
   """
 
   def __init__(self, config, num_layers: int, learned: bool):
-    if config.soft_variant not in SOFT_VARIANTS:
-      raise ValueError(f"soft_variant {config.soft_variant!r} is not one of "
-                       f"{SOFT_VARIANTS}.")
     self.name = "ltp" if learned else "threshold"
     self.trainable = learned
     self.config = config
+    self.choices = ltp_variant.resolve(config)
     self.num_layers = num_layers
 
   def init_params(self, rng):
     del rng
     return {"delta": jnp.zeros((self.num_layers,), jnp.float32)} if self.trainable else {}
 
+  def _prunes(self, index: int) -> bool:
+    return index > 0 or bool(self.config.get("first_layer_prunes"))
+
   def thresholds(self, params) -> jax.Array:
-    base_schedule = threshold_schedule(self.config.final_threshold, self.num_layers)
-    return base_schedule + params["delta"] if self.trainable else base_schedule
+    """theta per layer <float32>[layers]; layer 0 stays 0 (no gradient) unless it prunes."""
+    theta = threshold_schedule(self.config.final_threshold, self.num_layers)
+    if self.trainable:
+      theta = theta + params["delta"]
+    return theta if self._prunes(0) else theta.at[0].set(0.0)
 
   def _score(self, probs, token_mask):
     return scores.importance(probs, token_mask, self.config.score_norm,
@@ -81,29 +92,36 @@ class ThresholdMethod(base.Method):
     if stage == "finetune":
       return None
     theta = self.thresholds(params)
-    cfg = self.config
+    cfg, choices = self.config, self.choices
 
     def hard(index, probs, token_mask, hidden, lengths, protected):
       del hidden, lengths, protected
-      keep = hard_keep(self._score(probs, token_mask), jax.lax.stop_gradient(theta[index]),
-                       token_mask)
-      return keep, None, None
+      if not self._prunes(index):
+        return token_mask, None, None
+      floor = jnp.maximum(jax.lax.stop_gradient(theta[index]), choices["threshold_floor"])
+      return hard_keep(self._score(probs, token_mask), floor, token_mask), None, None
 
     def soft(index, probs, token_mask, hidden, lengths, protected):
       del hidden, lengths, protected
+      if not self._prunes(index):
+        return token_mask, None, None
       m = soft_mask(self._score(probs, token_mask), theta[index], cfg.temperature)
       m = scores.protect_first(m, token_mask)
-      if cfg.soft_variant == "reference":
-        return token_mask, m, m
-      token_mask = token_mask * m
-      return token_mask, None, token_mask
+      if choices["soft_variant"] == "reference":
+        new_mask, scale = token_mask, m
+      else:
+        new_mask, scale = token_mask * m, None
+      penalised = m if choices["reg_masks"] == "layer" else new_mask
+      return new_mask, scale, penalised
 
     return soft if stage == "soft" else hard
 
   def regularizer(self, output: encoder_lib.EncoderOutput, attention_mask, stage):
     if stage != "soft":
       return super().regularizer(output, attention_mask, stage)
-    return self.config.reg_lambda * mask_regularizer(output.prune_aux, attention_mask)
+    return self.config.reg_lambda * mask_regularizer(
+        output.prune_aux, attention_mask, self.choices["reg_norm"],
+        self.config.score_norm_constant)
 
   def metrics(self, params):
     return {"thresholds": [round(float(t), 6) for t in self.thresholds(params)]}

@@ -5,10 +5,17 @@ import ml_collections
 from tpjax.models import config as config_lib
 from tpjax.pruning import base
 from tpjax.pruning import ltp
+from tpjax.pruning import ltp_variant
 from tpjax.pruning import top
 from tpjax.pruning import topk
 
 METHODS = ("none", "ltp", "threshold", "topk", "top")
+
+
+def complete_config(config: ml_collections.ConfigDict) -> None:
+  """Fills, in place, the settings a method derives from others (e.g. the LTP
+  family's variant), so that config.json records exactly what ran."""
+  ltp_variant.complete(config)
 
 
 def get_method(config: ml_collections.ConfigDict,

@@ -2,7 +2,8 @@
 
 The first max(3, ceil(0.15 L)) layers keep every token; after that the keep rate falls
 linearly to `keep_rate` at the last layer (floor 0.01). Layer l keeps the
-ceil(rate_l * n) highest-scoring live tokens, n the example's real length.
+round(rate_l * n) (reference) or ceil(rate_l * n) (`topk_rounding`) highest-scoring live
+tokens, n the example's real length.
 """
 
 import math
@@ -11,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from tpjax.pruning import base
+from tpjax.pruning import ltp_variant
 from tpjax.pruning import scores
 
 
@@ -55,6 +57,7 @@ class TopKMethod(base.Method):
   def __init__(self, config, num_layers: int):
     self.config = config
     self.rates = keep_rates(num_layers, config.keep_rate, config.topk_full_layers)
+    self.rounding = ltp_variant.resolve(config)["topk_rounding"]
 
   def prune_fn(self, params, stage, rng=None):
     del params, rng
@@ -64,7 +67,8 @@ class TopKMethod(base.Method):
 
     def hard(index, probs, token_mask, hidden, lengths, protected):
       del hidden, protected
-      k = jnp.ceil(self.rates[index] * lengths).astype(jnp.int32)
+      round_fn = jnp.round if self.rounding == "round" else jnp.ceil  # half to even
+      k = round_fn(self.rates[index] * lengths).astype(jnp.int32)
       score = scores.importance(probs, token_mask, cfg.score_norm, cfg.score_norm_constant)
       return top_k_keep(score, token_mask, k), None, None
 
