@@ -17,6 +17,7 @@ row to every layer's cache (tpjax.models.decoder.LayerCache) at the cache's own 
 level and is compiled once per (batch, cache capacity, sampling settings).
 """
 
+import os
 import sys
 import time
 from typing import Iterator, Optional, Sequence
@@ -36,6 +37,9 @@ BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3
            4096, 6144, 8192)
 # Cache capacities are multiples of this, so max_new_tokens rarely forces a recompile.
 CACHE_STEP = 256
+# XLA flags the command line sets for CPU runs (before JAX starts its backend):
+# XNNPACK matmuls made prefill about 1.3x faster on a 2-core x86 machine.
+CPU_XLA_FLAGS = "--xla_cpu_use_xnnpack=true"
 
 
 class ContextLengthError(ValueError):
@@ -256,5 +260,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  if "xla_cpu_use_xnnpack" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + CPU_XLA_FLAGS).strip()
   flags.mark_flag_as_required("prompt")
   app.run(main)

@@ -221,12 +221,18 @@ def attend(q: jax.Array, keys: jax.Array, values: jax.Array, q_positions: jax.Ar
     <float32>[batch, q_len, kv_heads, groups, head_dim]. A query that sees no key
     (padding) gets a finite, meaningless output.
   """
-  scale = q.shape[-1] ** -0.5
-  logits = jnp.einsum("bqkgd,bksd->bkgqs", q * scale, keys)
+  batch, q_len, kv_heads, groups, head_dim = q.shape
+  # [batch, kv_heads, groups * q_len, head_dim]: one plain batched matmul per KV head.
+  rows = (q * head_dim ** -0.5).transpose(0, 2, 3, 1, 4).reshape(
+      batch, kv_heads, groups * q_len, head_dim)
+  logits = jnp.matmul(rows, keys.swapaxes(-1, -2))
   visible = k_valid[:, None, :] & (k_positions[:, None, :] <= q_positions[:, :, None])
-  logits = jnp.where(visible[:, None, None], logits, _NEG_INF)
-  probs = jax.nn.softmax(logits, axis=-1)
-  return jnp.einsum("bkgqs,bksd->bqkgd", probs, values)
+  visible = jnp.tile(visible, (1, groups, 1))[:, None]  # rows are (group, query)
+  logits = jnp.where(visible, logits, _NEG_INF)
+  weights = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+  # Normalising after the value matmul divides head_dim, not k_len, numbers per row.
+  out = jnp.matmul(weights, values) / jnp.sum(weights, axis=-1, keepdims=True)
+  return out.reshape(batch, kv_heads, groups, q_len, head_dim).transpose(0, 3, 1, 2, 4)
 
 
 def blocked_causal_attend(q, keys, values, positions, valid,

@@ -126,6 +126,8 @@ def config_from_gguf(f: GGUFFile) -> decoder_lib.DecoderConfig:
   vocab = _arch_key(md, "vocab_size") or (len(tokens) if tokens else None)
   if vocab is None and embd is not None:
     vocab = int(embd.shape[-1])
+  if vocab is None:
+    raise GGUFError(f"{f.path!r} states no vocabulary size and has no token_embd.weight.")
   heads = int(_arch_key(md, "attention.head_count"))
   hidden = int(_arch_key(md, "embedding_length"))
   head_dim = _arch_key(md, "attention.key_length") or _arch_key(md, "rope.dimension_count")
