@@ -75,8 +75,10 @@ def test_regularizer_is_mean_over_real_tokens_summed_over_layers():
 
 
 def _ltp(variant="reference", learned=True):
+  """An LTP method whose soft variant and regularised masks follow `variant`."""
   cfg = ml_collections.ConfigDict(dict(
       final_threshold=0.5, temperature=0.1, reg_lambda=0.1, soft_variant=variant,
+      variant="reference" if variant == "reference" else "tpjax",
       score_norm="live", score_norm_constant=128.0))
   return ltp.ThresholdMethod(cfg, num_layers=2, learned=learned)
 
