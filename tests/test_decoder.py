@@ -31,6 +31,13 @@ def tiny():
   return model, params
 
 
+@pytest.fixture(scope="module")
+def tiny_gen(tiny):
+  """One Generator, so the tests share its compiled steps."""
+  model, params = tiny
+  return generate.Generator(model, params, buckets=(8, 16))
+
+
 def _max_diff(a, b) -> float:
   return float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
 
@@ -57,9 +64,8 @@ def test_rope_is_relative(tiny):
   assert _max_diff(a, b) < 1e-4
 
 
-def test_left_and_right_padding_agree(tiny):
-  model, params = tiny
-  gen = generate.Generator(model, params, buckets=(8, 16))
+def test_left_and_right_padding_agree(tiny_gen):
+  gen = tiny_gen
   prompts = [[5, 9, 14, 3, 7, 11, 4], [6, 8], [13, 12, 10, 9]]
   left = gen.generate(prompts, 6, padding="left", stop_at_eos=False)
   right = gen.generate(prompts, 6, padding="right", stop_at_eos=False)
@@ -67,9 +73,9 @@ def test_left_and_right_padding_agree(tiny):
   assert left == right == alone
 
 
-def test_cached_decoding_equals_recompute(tiny):
+def test_cached_decoding_equals_recompute(tiny, tiny_gen):
   model, params = tiny
-  gen = generate.Generator(model, params, buckets=(8, 16))
+  gen = tiny_gen
   prompts = [[5, 9, 14, 3, 7, 11, 4], [6, 8]]
   steps = list(gen.stream(prompts, 8, stop_at_eos=False, keep_logits=True))
   worst = 0.0
@@ -115,9 +121,8 @@ def test_layers_may_hold_different_token_counts(tiny):
   assert _max_diff(logits[0, 0], expected[0, -1]) < 1e-4
 
 
-def test_bucketed_prefill_does_not_recompile(tiny):
-  model, params = tiny
-  gen = generate.Generator(model, params, buckets=(8, 16))
+def test_bucketed_prefill_does_not_recompile(tiny_gen):
+  gen = tiny_gen
   gen.generate([[5, 6, 7]], 2)
   before = gen._prefill._cache_size()  # pylint: disable=protected-access
   gen.generate([[5, 6, 7, 8, 9]], 2)
@@ -135,11 +140,9 @@ def test_sampling_respects_top_p():
   assert int(generate.sample(logits, jax.random.PRNGKey(0), 0.0, 1.0)[0]) == 0
 
 
-def test_prompt_longer_than_context(tiny):
-  model, params = tiny
-  gen = generate.Generator(model, params, buckets=(8, 16))
+def test_prompt_longer_than_context(tiny_gen):
   with pytest.raises(generate.ContextLengthError, match=r"60 tokens.*supports 64"):
-    gen.generate([list(range(3, 63))], 8)
+    tiny_gen.generate([list(range(3, 63))], 8)
 
 
 # --- GGUF files written here, the way llama.cpp's converter writes them -------------
