@@ -1,4 +1,4 @@
-"""Accuracy versus relative FLOPs on SST-2: LTP runs against top-k.
+"""Accuracy versus relative FLOPs on SST-2: LTP and ToP runs against top-k.
 
 Collects the dev results of finished runs (their summary.json) and a training-free
 top-k sweep (benchmarks/prune_sweep.py output), writes them to one JSON file and
@@ -6,7 +6,7 @@ plots them.
 
     python benchmarks/plot_curve.py --ltp=runs/sst2_ltp_lam0.02,runs/sst2_ltp_lam0.05 \
         --topk_runs=runs/sst2_topk0.4 --topk_sweep=benchmarks/results/sst2_topk_sweep.json \
-        --out=benchmarks/results/sst2_curve
+        --top=runs/sst2_top_t0.5 --out=benchmarks/results/sst2_curve
 """
 
 import json
@@ -17,6 +17,7 @@ from absl import flags
 
 _LTP = flags.DEFINE_list("ltp", [], "LTP run directories.")
 _TOPK_RUNS = flags.DEFINE_list("topk_runs", [], "Top-k runs fine-tuned with pruning.")
+_TOP = flags.DEFINE_list("top", [], "ToP run directories.")
 _TOPK_SWEEP = flags.DEFINE_string("topk_sweep", None, "prune_sweep.py JSON (top-k).")
 _BASELINE = flags.DEFINE_string("baseline", "runs/sst2_ft", "The unpruned run.")
 _OUT = flags.DEFINE_string("out", "benchmarks/results/sst2_curve", "Output path stem.")
@@ -30,7 +31,8 @@ def _run_point(workdir: str) -> dict:
           "relative_flops": dev["relative_flops"],
           "tokens_kept_per_layer": dev["tokens_kept_per_layer"],
           "reg_lambda": summary["config"]["pruning"].get("reg_lambda"),
-          "keep_rate": summary["config"]["pruning"].get("keep_rate")}
+          "keep_rate": summary["config"]["pruning"].get("keep_rate"),
+          "top_target": summary["config"]["pruning"].get("top_target")}
 
 
 def main(argv):
@@ -38,6 +40,7 @@ def main(argv):
   result = {"baseline": _run_point(_BASELINE.value),
             "ltp": [_run_point(w) for w in _LTP.value],
             "topk_finetuned": [_run_point(w) for w in _TOPK_RUNS.value],
+            "top": [_run_point(w) for w in _TOP.value],
             "topk_training_free": []}
   if _TOPK_SWEEP.value:
     with open(_TOPK_SWEEP.value) as f:
@@ -56,6 +59,7 @@ def main(argv):
   ax.axhline(100 * base["accuracy"], color="gray", ls="--", lw=1, label="unpruned")
   ax.axhline(100 * base["accuracy"] - 1, color="gray", ls=":", lw=1, label="unpruned - 1")
   series = [("ltp", "LTP (soft + hard)", "o-", "C0"),
+            ("top", "ToP (gates + distillation)", "D-", "C3"),
             ("topk_finetuned", "top-k (hard fine-tune)", "s", "C1"),
             ("topk_training_free", "top-k (training-free)", "^--", "C2")]
   for key, label, style, color in series:
@@ -66,6 +70,9 @@ def main(argv):
   for p in result["ltp"]:
     ax.annotate(f"λ={p['reg_lambda']}", (p["relative_flops"], 100 * p["accuracy"]),
                 textcoords="offset points", xytext=(4, -10), fontsize=8)
+  for p in result["top"]:
+    ax.annotate(f"t={p['top_target']}", (p["relative_flops"], 100 * p["accuracy"]),
+                textcoords="offset points", xytext=(4, 4), fontsize=8)
   ax.set_xlabel("relative FLOPs (real lengths)")
   ax.set_ylabel("SST-2 dev accuracy (%)")
   ax.set_title("MiniLM-L6 on SST-2: accuracy vs FLOPs")

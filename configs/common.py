@@ -107,4 +107,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Adam's second-moment decay for gates and multipliers; 0.999 (Adam's default, the
   # reference's) reacts slowly after large early gradients in short runs.
   config.pruning.top_adam_b2 = 0.999
+  # How many bins inference closes: 'expected' (the trained expectation; equals the
+  # reference's rule once layer gates are 0 or 1) or 'reference' (layer gate >= 0.5,
+  # then round(bins - sum P)); top.closed_bins.
+  config.pruning.top_inference = "expected"
+  # Layers before this one never prune (reference: 0; LTP keeps layer 0 whole, as
+  # attention before any mixing says little, and short runs cannot learn that in time).
+  config.pruning.top_first_layer = 1
   return config

@@ -21,9 +21,9 @@ Training (the 'soft' stage; the unpruned fine-tuned model is the teacher):
 
 with s the expected FLOPs sparsity from the gate probabilities on real lengths,
 t the target ramped linearly from 0 over the warm-up, and the multipliers trained by
-gradient ascent. Inference ('hard'): a location prunes iff P(layer gate open) >= 0.5,
-and it closes the round(bins - sum_b P_b) bins with the smallest probabilities;
-pruning is cumulative across locations.
+gradient ascent. Inference ('hard') closes, per location, the bins with the smallest
+probabilities; how many is `closed_bins`'s rule (the reference's, or the expected
+count); pruning is cumulative across locations.
 """
 
 import jax
@@ -57,18 +57,36 @@ def rank_bins(score: jax.Array, prunable: jax.Array, bins: int) -> jax.Array:
   return jnp.minimum(rank * bins // count, bins - 1).astype(jnp.int32)
 
 
-def closed_bins(bin_prob: jax.Array) -> jax.Array:
-  """Inference decision per location: the round(bins - sum P) least likely bins.
+INFERENCE_RULES = ("expected", "reference")
+
+
+def closed_bins(layer_prob: jax.Array, bin_prob: jax.Array,
+                rule: str = "expected") -> jax.Array:
+  """Inference decision per location: which bins are closed.
+
+  Both rules close the least likely bins. 'reference': a location prunes iff
+  P(layer gate) >= 0.5, and then closes round(bins - sum_b P_b) bins. 'expected':
+  every location closes round(bins * P(layer gate) * (1 - mean_b P_b)) bins, the
+  expected closed fraction, so realised FLOPs follow the trained expectation also
+  when the layer gates have not polarised to 0 or 1 (short runs); with polarised
+  layer gates the two rules agree.
 
   Args:
-    bin_prob: <float32>[locations, bins] P(z != 0).
+    layer_prob: <float32>[locations] P(z != 0) of the layer gates.
+    bin_prob: <float32>[locations, bins] P(z != 0) of the bin gates.
+    rule: 'expected' or 'reference'.
   Returns:
     <bool>[locations, bins], True where the bin is closed.
   """
   bins = bin_prob.shape[-1]
-  n_closed = jnp.round(bins - jnp.sum(bin_prob, axis=-1, keepdims=True))
+  if rule == "reference":
+    n_closed = jnp.where(layer_prob >= 0.5, jnp.round(bins - jnp.sum(bin_prob, axis=-1)), 0)
+  elif rule == "expected":
+    n_closed = jnp.round(bins * layer_prob * (1.0 - jnp.mean(bin_prob, axis=-1)))
+  else:
+    raise ValueError(f"top_inference {rule!r} is not one of {INFERENCE_RULES}.")
   position = jnp.argsort(jnp.argsort(bin_prob, axis=-1, stable=True), axis=-1, stable=True)
-  return position < n_closed
+  return position < n_closed[:, None]
 
 
 def expected_kept(layer_prob: jax.Array, bin_prob: jax.Array, lengths: jax.Array,
@@ -135,7 +153,9 @@ class ToPMethod(base.Method):
   (fraction of the stage for the target ramp and the ranking-weight decay),
   top_rank_k, top_rank_alpha, top_rank_layers (() = default_rank_layers),
   top_temperature, top_layer_gate_init / top_bin_gate_init (initial P(z != 0)),
-  top_freeze_embeddings, score_norm, score_norm_constant. The gates' and multipliers'
+  top_freeze_embeddings, top_adam_b2, top_first_layer (earlier layers never prune),
+  top_inference ('expected' | 'reference', see
+  `closed_bins`), score_norm, score_norm_constant. The gates' and multipliers'
   learning rate is the stage's pruning_learning_rate.
   """
 
@@ -150,6 +170,9 @@ class ToPMethod(base.Method):
     self.num_layers = model_config.num_hidden_layers
     self.rank_layers = tuple(config.top_rank_layers) or default_rank_layers(
         self.num_layers)
+    # Layers before top_first_layer never prune: their layer gates count as closed.
+    first = config.get("top_first_layer", 0)  # runs saved before the field
+    self.prunes = jnp.arange(self.num_layers) >= first
 
   def init_params(self, rng):
     del rng
@@ -166,12 +189,13 @@ class ToPMethod(base.Method):
   def probabilities(self, params) -> tuple[jax.Array, jax.Array]:
     """(P layer gate open <float32>[L], P bin open <float32>[L, bins])."""
     gates = params["gates"]
-    return hard_concrete.prob_open(gates["layer"]), hard_concrete.prob_open(gates["bins"])
+    layer = jnp.where(self.prunes, hard_concrete.prob_open(gates["layer"]), 0.0)
+    return layer, hard_concrete.prob_open(gates["bins"])
 
   def hard_bin_keep(self, params) -> jax.Array:
     """Inference keep (1) / drop (0) per (location, bin): <float32>[L, bins]."""
-    layer_prob, bin_prob = self.probabilities(params)
-    drop = closed_bins(bin_prob) & (layer_prob >= 0.5)[:, None]
+    rule = self.config.get("top_inference", "expected")  # runs saved before the field
+    drop = closed_bins(*self.probabilities(params), rule)
     return 1.0 - drop.astype(jnp.float32)
 
   def prune_fn(self, params, stage, rng=None):
@@ -182,7 +206,7 @@ class ToPMethod(base.Method):
       if rng is None:
         raise ValueError("ToP's soft stage samples its gates: prune_fn needs an rng.")
       layer_rng, bin_rng = jax.random.split(rng)
-      z_layer = hard_concrete.sample(params["gates"]["layer"], layer_rng)
+      z_layer = hard_concrete.sample(params["gates"]["layer"], layer_rng) * self.prunes
       z_bins = hard_concrete.sample(params["gates"]["bins"], bin_rng)
       bin_keep = 1.0 - z_layer[:, None] * (1.0 - z_bins)
     else:
@@ -248,8 +272,9 @@ class ToPMethod(base.Method):
     label = lambda tree: jax.tree_util.tree_map_with_path(
         lambda path, _: "ascent" if _in_subtree(path, "lagrangian") else "descent", tree)
     return optax.multi_transform(
-        {"descent": optax.adam(lr),
-         "ascent": optax.chain(optax.adam(lr), optax.scale(-1.0))}, label)
+        {"descent": optax.adam(lr, b2=self.config.top_adam_b2),
+         "ascent": optax.chain(optax.adam(lr, b2=self.config.top_adam_b2),
+                               optax.scale(-1.0))}, label)
 
   def post_update(self, params, previous):
     pruning = dict(params["pruning"])
