@@ -59,14 +59,14 @@ class PruningCase:
     # Imported here so test modules that only need the TSV writer stay light.
     import jax
     import jax.numpy as jnp
-    from tpjax import train
+    from tpjax.models import classifier
     from tpjax.pruning import registry
     from tpjax.pruning import scores
 
     config = tiny.get_config()
     with config.unlocked():
       config.model.overrides.initializer_range = 0.2  # peaked attention, spread scores
-    self.model, model_params, self.tokenizer = train.build_model(
+    self.model, model_params, self.tokenizer = classifier.build(
         config, 2, jax.random.PRNGKey(seed))
     config.pruning.method = "ltp"
     config.pruning.final_threshold = 0.0  # theta_l = delta_l

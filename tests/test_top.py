@@ -12,6 +12,7 @@ from configs import tiny
 from tests import helpers
 from tpjax import train
 from tpjax.inference import engine as engine_lib
+from tpjax.models import classifier
 from tpjax.models import encoder as encoder_lib
 from tpjax.pruning import flops
 from tpjax.pruning import hard_concrete
@@ -36,7 +37,7 @@ def _top_config(**fields):
 @pytest.fixture(scope="module")
 def tiny_top():
   config = _top_config(top_bins=4)
-  model, model_params, tokenizer = train.build_model(config, 2, jax.random.PRNGKey(7))
+  model, model_params, tokenizer = classifier.build(config, 2, jax.random.PRNGKey(7))
   method = registry.get_method(config.pruning, model.config)
   return model, model_params, tokenizer, method
 

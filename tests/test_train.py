@@ -9,6 +9,7 @@ import pytest
 
 from tests import helpers
 from tpjax import train
+from tpjax.models import classifier
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +18,7 @@ def glue_dir(tmp_path_factory):
 
 
 def _tokenizer(config):
-  return train.build_model(config, 2, jax.random.PRNGKey(0))[2]
+  return classifier.build(config, 2, jax.random.PRNGKey(0))[2]
 
 
 def _losses(workdir, stage="finetune"):

@@ -28,10 +28,9 @@ from tpjax import reporting
 from tpjax.data import batching
 from tpjax.data import glue
 from tpjax.data import tokenization
+from tpjax.models import classifier
 from tpjax.models import config as config_lib
 from tpjax.models import encoder as encoder_lib
-from tpjax.models import hf_weights
-from tpjax.models import pretrained
 from tpjax.pruning import base as pruning_base
 from tpjax.pruning import flops as flops_lib
 from tpjax.pruning import registry
@@ -42,27 +41,6 @@ class TrainState:
   step: jax.Array
   params: Any       # {'model': ..., 'pruning': ...}
   opt_state: Any
-
-
-# --------------------------------------------------------------------------- model
-
-
-def build_model(config: ml_collections.ConfigDict, num_labels: int, rng: jax.Array):
-  """Returns (EncoderModel, model params, Tokenizer) for `config.model`.
-
-  With `config.model.random_init`, the architecture is the named checkpoint's with
-  `config.model.overrides` applied and the weights are random (tiny test models).
-  """
-  directory = pretrained.resolve(config.model.name)
-  tokenizer = tokenization.Tokenizer.from_directory(directory,
-                                                    max_length=config.data.max_length)
-  if not config.model.random_init:
-    model, params = hf_weights.load_hf_model(directory, num_labels=num_labels, rng=rng)
-    return model, params, tokenizer
-  base = config_lib.EncoderConfig.from_json(os.path.join(directory, "config.json"))
-  model_config = dataclasses.replace(base, **config.model.overrides.to_dict())
-  model = encoder_lib.EncoderModel(model_config, num_labels=num_labels)
-  return model, encoder_lib.init_params(model, rng), tokenizer
 
 
 # ----------------------------------------------------------------------- optimizer
@@ -431,7 +409,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   info = glue.TASKS[config.task]
   mesh = parallel.make_mesh(config.num_devices)
   rng = jax.random.PRNGKey(config.seed)
-  model, model_params, tokenizer = build_model(config, info.num_labels, rng)
+  model, model_params, tokenizer = classifier.build(config, info.num_labels, rng)
   registry.complete_config(config)
   method = registry.get_method(config.pruning, model.config)
   config.data.buckets = batching.normalize_buckets(config.data.buckets,

@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from tpjax import checkpoints
-from tpjax import train
 from tpjax.data import glue
 from tpjax.data import tokenization
+from tpjax.models import classifier
 from tpjax.models import encoder as encoder_lib
 from tpjax.pruning import base
 from tpjax.pruning import registry
@@ -64,8 +64,8 @@ def load_run(workdir: str, stage: Optional[str] = None,
   else:
     raise FileNotFoundError(f"No best checkpoint under {workdir!r} for stages {stages}.")
   info = glue.TASKS[config.task]
-  model, model_params, tokenizer = train.build_model(config, info.num_labels,
-                                                     jax.random.PRNGKey(0))
+  model, model_params, tokenizer = classifier.build(config, info.num_labels,
+                                                    jax.random.PRNGKey(0))
   method = registry.get_method(config.pruning, model.config)
   pruning = method.init_params(jax.random.PRNGKey(1))
   if not pruning_overrides and raw["params"].get("pruning"):
