@@ -1,7 +1,10 @@
 """SST-2 with MiniLM-L6: the LTP pipeline, fine-tune (1 epoch) -> soft -> hard (0.5 each).
 
 The stage lengths and reg_lambda (0.05, the common default) are the measured setting
-in README; `benchmarks/sst2_lambda_sweep.sh` varies lambda from the same fine-tuned run.
+in README; `benchmarks/sst2_lambda_sweep.sh` varies lambda and
+`benchmarks/ltp_variants.sh` compares the reference and tpjax variants, both from one
+fine-tuned run. Dev evaluation every 250 steps gives the hard stage several
+checkpoints to choose from within the soft stage's FLOPs.
 """
 
 from configs import common
@@ -15,4 +18,5 @@ def get_config():
   config.pruning.method = "ltp"
   config.stage_settings.soft.num_epochs = 0.5
   config.stage_settings.hard.num_epochs = 0.5
+  config.train.eval_every_steps = 250
   return config.lock()
