@@ -18,6 +18,8 @@ from absl import flags
 _LTP = flags.DEFINE_list("ltp", [], "LTP run directories.")
 _TOPK_RUNS = flags.DEFINE_list("topk_runs", [], "Top-k runs fine-tuned with pruning.")
 _TOP = flags.DEFINE_list("top", [], "ToP run directories.")
+_TOP_RULES = flags.DEFINE_list("top_rules", [], "benchmarks/top_rules.py JSON files: their "
+                               "final-state, 'expected'-rule rows join the ToP points.")
 _TOPK_SWEEP = flags.DEFINE_string("topk_sweep", None, "prune_sweep.py JSON (top-k).")
 _BASELINE = flags.DEFINE_string("baseline", "runs/sst2_ft", "The unpruned run.")
 _OUT = flags.DEFINE_string("out", "benchmarks/results/sst2_curve", "Output path stem.")
@@ -42,6 +44,18 @@ def main(argv):
             "topk_finetuned": [_run_point(w) for w in _TOPK_RUNS.value],
             "top": [_run_point(w) for w in _TOP.value],
             "topk_training_free": []}
+  for path in _TOP_RULES.value:
+    with open(path) as f:
+      rules = json.load(f)
+    with open(os.path.join(rules["workdir"], "config.json")) as f:
+      target = json.load(f)["pruning"]["top_target"]
+    for r in rules["rows"]:
+      if r["checkpoint"] == "latest" and r["rule"] == "expected":
+        result["top"].append({"workdir": rules["workdir"], "method": "top",
+                              "accuracy": r["accuracy"],
+                              "relative_flops": r["relative_flops"],
+                              "tokens_kept_per_layer": r["tokens_kept_per_layer"],
+                              "top_target": target, "source": path})
   if _TOPK_SWEEP.value:
     with open(_TOPK_SWEEP.value) as f:
       rows = json.load(f)["rows"]
