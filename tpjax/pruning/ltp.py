@@ -98,8 +98,9 @@ class ThresholdMethod(base.Method):
       del hidden, lengths, protected
       if not self._prunes(index):
         return token_mask, None, None
-      floor = jnp.maximum(jax.lax.stop_gradient(theta[index]), choices["threshold_floor"])
-      return hard_keep(self._score(probs, token_mask), floor, token_mask), None, None
+      threshold = jnp.maximum(jax.lax.stop_gradient(theta[index]),
+                              choices["threshold_floor"])
+      return hard_keep(self._score(probs, token_mask), threshold, token_mask), None, None
 
     def soft(index, probs, token_mask, hidden, lengths, protected):
       del hidden, lengths, protected
