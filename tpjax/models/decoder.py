@@ -16,6 +16,12 @@ an earlier one. Within one layer's cache the valid slots must be in increasing p
 order (pruning keeps tokens in their original order); prefill relies on this to skip the
 key blocks that lie entirely in a query block's future.
 
+Pruning hooks (tpjax/pruning/sdtp_decoder.py): `layer_forward` / `layer_decode` run
+one layer on its own, so a pipeline can score and drop tokens between layers (one
+compiled layer per input shape serves every layer); `attend`'s `k_keep` simulates
+pruning at full length with the policy mask; `caches_from_layers` builds caches whose
+sizes differ per layer.
+
 Typical use (see tpjax/generate.py):
 
     hidden, kv = model.apply(variables, ids, positions, valid, method=model.prefill)
@@ -206,9 +212,15 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
 
 
 def attend(q: jax.Array, keys: jax.Array, values: jax.Array, q_positions: jax.Array,
-           k_positions: jax.Array, k_valid: jax.Array) -> jax.Array:
+           k_positions: jax.Array, k_valid: jax.Array,
+           k_keep: Optional[jax.Array] = None) -> jax.Array:
   """Grouped-query attention where key j is visible to query i iff it is valid and
   position_j <= position_i.
+
+  With `k_keep` (M, the SDTP/DynamicViT policy), attention is the policy softmax
+  A_ij = exp(a_ij) G_ij / sum_k exp(a_ik) G_ik with G_ij = M_j, and G_ii = 1 (a query
+  always sees itself; "itself" is the key with its position). With a binary M this
+  equals attention over the kept keys only, so it simulates pruning at full length.
 
   Args:
     q: <float32>[batch, q_len, kv_heads, groups, head_dim], after RoPE.
@@ -217,6 +229,7 @@ def attend(q: jax.Array, keys: jax.Array, values: jax.Array, q_positions: jax.Ar
     q_positions: <int32>[batch, q_len].
     k_positions: <int32>[batch, k_len].
     k_valid: <bool>[batch, k_len].
+    k_keep: None, or <float32>[batch, k_len] keep mask M in [0, 1].
   Returns:
     <float32>[batch, q_len, kv_heads, groups, head_dim]. A query that sees no key
     (padding) gets a finite, meaningless output.
@@ -230,12 +243,16 @@ def attend(q: jax.Array, keys: jax.Array, values: jax.Array, q_positions: jax.Ar
   visible = jnp.tile(visible, (1, groups, 1))[:, None]  # rows are (group, query)
   logits = jnp.where(visible, logits, _NEG_INF)
   weights = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+  if k_keep is not None:
+    itself = k_positions[:, None, :] == q_positions[:, :, None]
+    policy = jnp.where(itself, 1.0, k_keep[:, None, :].astype(weights.dtype))
+    weights = weights * jnp.tile(policy, (1, groups, 1))[:, None]
   # Normalising after the value matmul divides head_dim, not k_len, numbers per row.
   out = jnp.matmul(weights, values) / jnp.sum(weights, axis=-1, keepdims=True)
   return out.reshape(batch, kv_heads, groups, q_len, head_dim).transpose(0, 3, 1, 2, 4)
 
 
-def blocked_causal_attend(q, keys, values, positions, valid,
+def blocked_causal_attend(q, keys, values, positions, valid, keep=None,
                           block: int = PREFILL_BLOCK) -> jax.Array:
   """`attend` of a sequence on itself, skipping key blocks after each query block.
 
@@ -244,12 +261,13 @@ def blocked_causal_attend(q, keys, values, positions, valid,
   """
   seq = q.shape[1]
   if seq <= block:
-    return attend(q, keys, values, positions, positions, valid)
+    return attend(q, keys, values, positions, positions, valid, keep)
   outs = []
   for start in range(0, seq, block):
     end = min(start + block, seq)
     outs.append(attend(q[:, start:end], keys[:, :, :end], values[:, :, :end],
-                       positions[:, start:end], positions[:, :end], valid[:, :end]))
+                       positions[:, start:end], positions[:, :end], valid[:, :end],
+                       None if keep is None else keep[:, :end]))
   return jnp.concatenate(outs, axis=1)
 
 
@@ -296,19 +314,20 @@ class SelfAttention(nn.Module):
     batch, seq = context.shape[:2]
     return self.o_proj(context.reshape(batch, seq, -1))
 
-  def __call__(self, x, positions, valid):
+  def __call__(self, x, positions, valid, keep=None):
     """Causal self-attention over the given tokens (prefill, or a cache-free forward).
 
     Args:
       x: <float32>[batch, seq, hidden], normalised.
       positions: <int32>[batch, seq].
       valid: <bool>[batch, seq].
+      keep: None, or <float32>[batch, seq] SDTP keep mask (see `attend`).
     Returns:
       (<float32>[batch, seq, hidden], (keys, values) each
       <float32>[batch, kv_heads, seq, head_dim], keys after RoPE).
     """
     q, k, v = self._qkv(x, positions)
-    return self._out(blocked_causal_attend(q, k, v, positions, valid)), (k, v)
+    return self._out(blocked_causal_attend(q, k, v, positions, valid, keep)), (k, v)
 
   def decode(self, x, positions, cache: LayerCache):
     """Appends the new tokens to `cache` and attends over every valid slot.
@@ -360,9 +379,9 @@ class DecoderLayer(nn.Module):
   def _feed_forward(self, x):
     return x + self.mlp(self.post_attention_layernorm(x))
 
-  def __call__(self, x, positions, valid):
+  def __call__(self, x, positions, valid, keep=None):
     """Shapes as in SelfAttention.__call__; returns (hidden, (keys, values))."""
-    attn, kv = self.self_attn(self.input_layernorm(x), positions, valid)
+    attn, kv = self.self_attn(self.input_layernorm(x), positions, valid, keep)
     return self._feed_forward(x + attn), kv
 
   def decode(self, x, positions, cache: LayerCache):
@@ -411,6 +430,14 @@ class DecoderModel(nn.Module):
     if self.config.tie_word_embeddings:
       return self.model.embed_tokens.attend(hidden)
     return self.lm_head(hidden)
+
+  def embed(self, input_ids):
+    """<int32>[batch, seq] -> <float32>[batch, seq, hidden] (the first layer's input)."""
+    return self.model.embed_tokens(input_ids)
+
+  def head(self, x):
+    """Last layer's output <float32>[..., hidden] -> logits <float32>[..., vocab]."""
+    return self.logits(self.model.norm(x))
 
   def prefill(self, input_ids, positions, valid):
     """Runs a prompt through every layer, keeping each layer's keys and values.
@@ -463,6 +490,58 @@ class DecoderModel(nn.Module):
       valid = jnp.ones(input_ids.shape, bool)
     hidden, _ = self.prefill(input_ids, positions, valid)
     return self.logits(hidden)
+
+
+def layer_params(params: dict, index: int) -> dict:
+  """Layer `index`'s parameters out of the whole model's."""
+  return params["model"]["layers"][str(index)]
+
+
+def layer_forward(config: DecoderConfig, params: dict, x: jax.Array, positions: jax.Array,
+                  valid: jax.Array, keep: Optional[jax.Array] = None):
+  """One decoder layer on its own, for per-layer (pruning) pipelines.
+
+  Every layer has the same structure, so one jitted `layer_forward` per input shape
+  serves all layers: only `params` (from `layer_params`) changes.
+
+  Args:
+    config: the decoder's config.
+    params: one layer's parameters.
+    x: <float32>[batch, seq, hidden], the layer's input.
+    positions: <int32>[batch, seq] original position ids.
+    valid: <bool>[batch, seq].
+    keep: None, or <float32>[batch, seq] SDTP keep mask (see `attend`).
+  Returns:
+    (<float32>[batch, seq, hidden], (keys, values) each
+    <float32>[batch, kv_heads, seq, head_dim]).
+  """
+  return DecoderLayer(config).apply({"params": params}, x, positions, valid, keep)
+
+
+def layer_decode(config: DecoderConfig, params: dict, x: jax.Array, positions: jax.Array,
+                 cache: LayerCache):
+  """One decoder layer's cached step on its own (see `layer_forward`); shapes as in
+  `SelfAttention.decode`. Returns (hidden, the updated LayerCache)."""
+  return DecoderLayer(config).apply({"params": params}, x, positions, cache,
+                                    method=DecoderLayer.decode)
+
+
+def caches_from_layers(kv: Sequence[tuple[jax.Array, jax.Array]],
+                       positions: Sequence[jax.Array], valid: Sequence[jax.Array],
+                       extra: int) -> tuple[LayerCache, ...]:
+  """Per-layer caches when each layer kept its own tokens (pruned prefill).
+
+  Args:
+    kv: per layer (keys, values), each <float32>[batch, kv_heads, n_l, head_dim].
+    positions: per layer <int32>[batch, n_l], the original positions of its tokens.
+    valid: per layer <bool>[batch, n_l].
+    extra: slots to add to every layer for the tokens still to decode.
+  Returns:
+    One LayerCache per layer, layer l with capacity n_l + extra and length n_l: the
+    next token is written after that layer's own surviving tokens.
+  """
+  return tuple(new_cache(k, v, p, m, k.shape[2] + extra)
+               for (k, v), p, m in zip(kv, positions, valid))
 
 
 def init_params(model: DecoderModel, rng: jax.Array) -> dict:

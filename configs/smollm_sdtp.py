@@ -1,0 +1,46 @@
+"""SDTP prediction modules for SmolLM2-135M's prefill, trained on SQuAD dev articles.
+
+    python -m tpjax.train_sdtp_decoder --config=configs/smollm_sdtp.py \\
+        --workdir=runs/smollm_sdtp
+
+Stages at layers 4, 7, ..., 28 (the paper's start 4 / every 3, scaled to 30 layers),
+stage s keeping 0.9^(s+1) of the prompt; the first 4 and the last 10% of the prompt's
+tokens are always kept. The modules learn the frozen model's saliency (gradient times
+input of the next-token loss) on 512-token windows of the training articles (even
+indices of dev-v1.1.json; the odd ones are held out for evaluation).
+"""
+
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.model = "smollm2-135m"
+  config.squad_path = "/work/shared/data/squad/dev-v1.1.json"
+  config.seed = 0
+
+  config.schedule = ml_collections.ConfigDict()
+  config.schedule.start = 4
+  config.schedule.every = 3
+  config.schedule.ratio = 0.9
+  config.schedule.keep_first = 4
+  config.schedule.keep_last = 0.1
+  config.schedule.step = 64  # compaction bucket (tokens)
+
+  config.saliency = ml_collections.ConfigDict()
+  config.saliency.window = 512           # tokens per training window
+  config.saliency.windows_per_article = 2
+  config.saliency.max_windows = 48       # CPU budget: one forward + backward each
+  config.saliency.norm = "seq_max"       # sdtp.SALIENCY_NORMS
+  # T = next-token loss of the window's last `target_last` fraction of predictions:
+  # the tokens that matter are the ones the end of the prompt (and what follows) uses.
+  config.saliency.target_last = 0.25
+
+  config.train = ml_collections.ConfigDict()
+  config.train.steps = 300
+  config.train.batch_size = 8            # windows per step
+  config.train.learning_rate = 1e-3
+  config.train.mse_weight = 1.0
+  config.train.rank_weight = 1.0
+  config.train.holdout_windows = 6       # training-article windows kept out, for curves
+  return config

@@ -1,0 +1,168 @@
+"""SDTP on the decoder's prefill (tpjax/pruning/sdtp_decoder.py) on a tiny random decoder.
+
+The pruning schedule really prunes (two stages, 70% then 45% of the prompt, different
+tokens per example), and the scorer depends on the hidden states, so a wrong gather,
+wrong positions or a wrong cache would change the numbers.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tpjax import generate
+from tpjax.data import squad_docs
+from tpjax.models import decoder
+from tpjax.pruning import sdtp_decoder
+
+TINY = decoder.DecoderConfig(
+    vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=5,
+    num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=1e4,
+    max_position_embeddings=128, tie_word_embeddings=True, bos_token_id=1,
+    eos_token_id=2, pad_token_id=0)
+SCHEDULE = sdtp_decoder.Schedule(layers=(2, 4), keep=(0.7, 0.45), keep_first=2,
+                                 keep_last=0.1, step=4)
+PROMPTS = [list(np.random.RandomState(0).randint(3, 96, 37)),
+           list(np.random.RandomState(1).randint(3, 96, 29))]
+
+
+def linear_scorer(w, stage, hidden, positions):
+  """A content-dependent stand-in for trained predictors."""
+  del positions
+  return hidden @ w[stage]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  model = decoder.DecoderModel(TINY)
+  params = decoder.init_params(model, jax.random.PRNGKey(0))
+  params = jax.tree.map(lambda p: p * 8.0 if p.ndim == 2 else p, params)
+  w = jax.random.normal(jax.random.PRNGKey(1), (2, TINY.hidden_size))
+  return model, params, w
+
+
+def _pad_right(prompts, seq):
+  ids = np.zeros((len(prompts), seq), np.int32)
+  valid = np.zeros((len(prompts), seq), bool)
+  for i, p in enumerate(prompts):
+    ids[i, :len(p)], valid[i, :len(p)] = p, True
+  return ids, valid
+
+
+def test_keep_ratio_one_equals_plain_decoder(tiny):
+  model, params, w = tiny
+  keep_all = sdtp_decoder.Schedule(layers=(2, 4), keep=(1.0, 1.0), keep_first=2, step=4)
+  pruned = sdtp_decoder.PrunedPrefill(model, params, keep_all, linear_scorer, w)
+  gen = generate.Generator(model, params, buckets=(48,))
+  ids, valid = _pad_right(PROMPTS, 48)
+  result = pruned.prefill(ids, valid)
+  assert list(result.kept) == [48, 48, 40, 40, 40]  # the gather ran (48 -> 40 slots)
+  _, logits, _, _ = gen.prefill(PROMPTS, 16, jax.random.PRNGKey(0), padding="right")
+  np.testing.assert_allclose(result.logits, logits, atol=1e-4)
+  greedy = pruned.greedy(result, 16)
+  plain = gen.generate(PROMPTS, 16, padding="right", stop_at_eos=False)
+  assert greedy.tolist() == plain
+
+
+def test_compacted_prefill_equals_masked_prefill(tiny):
+  model, params, w = tiny
+  ids, valid = _pad_right(PROMPTS, 40)
+  pruned = sdtp_decoder.PrunedPrefill(model, params, SCHEDULE, linear_scorer, w)
+  result = pruned.prefill(ids, valid)
+  n = valid.sum(1)
+  positions = decoder.positions_from_mask(jnp.asarray(valid))
+  mask_fn = sdtp_decoder.hard_mask_fn(SCHEDULE, linear_scorer, w, jnp.asarray(n))
+  hidden, masks, kv = sdtp_decoder.masked_prefill(TINY, params, jnp.asarray(ids), positions,
+                                                  jnp.asarray(valid), SCHEDULE, mask_fn)
+  masks = np.asarray(masks) > 0.5
+  # It really prunes, differently per example, and keeps the always-kept tokens.
+  assert masks[-1].sum(1).tolist() == [17, 14]  # ceil(.45 n)
+  assert not np.array_equal(masks[-1, 0, :29], masks[-1, 1, :29])
+  assert masks[-1, 0, :2].all() and masks[-1, 0, 33:37].all()
+  assert list(result.kept) == [40, 40, 28, 28, 20]
+  last = np.asarray(n) - 1
+  masked_logits = model.apply({"params": params}, hidden[np.arange(2), last],
+                              method=model.head)
+  np.testing.assert_allclose(result.logits, masked_logits, atol=1e-5)
+  # Each layer's cache holds exactly its surviving tokens, at their original positions.
+  layer_mask = [valid] * 2 + [masks[0]] * 2 + [masks[1]]
+  worst = 0.0
+  for l, (keys, values) in enumerate(result.kv):
+    for row in range(2):
+      kept = np.flatnonzero(layer_mask[l][row])
+      slots = np.asarray(result.valid[l][row])
+      assert slots.sum() == len(kept)
+      assert np.asarray(result.positions[l][row])[slots].tolist() == kept.tolist()
+      for ours, full in ((keys, kv[l][0]), (values, kv[l][1])):
+        a = np.asarray(ours)[row][:, slots]
+        b = np.asarray(full)[row][:, kept]
+        worst = max(worst, float(np.abs(a - b).max()))
+  assert worst < 1e-5
+
+
+def test_decoding_continues_at_position_n_with_pruned_cache(tiny):
+  """Logits of the true continuation, through each layer's pruned cache, equal a full
+  masked forward over prompt + continuation where only the prompt was pruned."""
+  model, params, w = tiny
+  prompt, steps = PROMPTS[0], 6
+  cont = [5, 44, 17, 80, 9, 61]
+  ids, valid = _pad_right([prompt], 40)
+  pruned = sdtp_decoder.PrunedPrefill(model, params, SCHEDULE, linear_scorer, w)
+  result = pruned.prefill(ids, valid)
+  nll = pruned.continuation_nll(result, np.array([cont]))
+  n = jnp.array([len(prompt)])
+  mask_fn = sdtp_decoder.hard_mask_fn(SCHEDULE, linear_scorer, w, n)
+  seq = jnp.asarray(ids[:, :len(prompt)])
+  pos = jnp.arange(len(prompt))[None]
+  _, masks, _ = sdtp_decoder.masked_prefill(TINY, params, seq, pos, jnp.ones_like(seq, bool),
+                                            SCHEDULE, mask_fn)
+  full = jnp.asarray([prompt + cont])
+  ones = jnp.ones((1, steps))
+  fixed = lambda stage, *_: jnp.concatenate([masks[stage], ones], axis=1)
+  hidden, _, _ = sdtp_decoder.masked_prefill(
+      TINY, params, full, jnp.arange(full.shape[1])[None], jnp.ones_like(full, bool),
+      SCHEDULE, fixed)
+  logp = jax.nn.log_softmax(model.apply({"params": params}, hidden, method=model.head))
+  at = np.arange(len(prompt) - 1, len(prompt) + steps - 1)
+  expected = -np.asarray(logp[0, at, np.array(cont)])
+  np.testing.assert_allclose(nll[0], expected, atol=1e-4)
+
+
+def test_recency_baseline_keeps_first_and_last():
+  positions = jnp.arange(20)[None]
+  n = jnp.array([20])
+  always = sdtp_decoder.always_kept(positions, n, 4, 0.1)
+  k = sdtp_decoder.kept_count(n, 0.5, 4, 0.1)
+  mask = sdtp_decoder.keep_mask(sdtp_decoder.recency_scorer(None, 0, None, positions),
+                                jnp.ones((1, 20), bool), always, k)
+  assert np.flatnonzero(mask[0]).tolist() == [0, 1, 2, 3] + list(range(14, 20))
+
+
+def test_schedule_default_and_errors():
+  s = sdtp_decoder.default_schedule(30)
+  assert s.layers == (4, 7, 10, 13, 16, 19, 22, 25, 28)
+  np.testing.assert_allclose(s.keep[-1], 0.9 ** 9)
+  with pytest.raises(ValueError, match="one ratio per layer"):
+    sdtp_decoder.Schedule(layers=(2, 4), keep=(0.5,))
+  with pytest.raises(ValueError, match="non-increasing"):
+    sdtp_decoder.Schedule(layers=(2, 4), keep=(0.5, 0.7))
+  frac = sdtp_decoder.keep_fraction(decoder.DecoderConfig(num_hidden_layers=30), s, 1000)
+  assert frac["final_kept"] == pytest.approx(0.387, abs=0.002)
+  assert 0.6 < frac["relative_macs"] < 0.75
+
+
+def test_squad_split_and_f1(tmp_path):
+  articles = squad_docs.load_articles()
+  train, evaluation = squad_docs.split(articles)
+  assert len(train) == len(evaluation) == 24
+  assert not {a.title for a in train} & {a.title for a in evaluation}
+  assert squad_docs.f1("The Denver Broncos.", ["Denver Broncos"]) == 1.0
+  assert squad_docs.f1("Broncos team", ["Denver Broncos"]) == pytest.approx(0.5)
+  assert squad_docs.f1("Carolina", ["Denver Broncos"]) == 0.0
+  art = evaluation[0]
+  q = art.questions[0]
+  context = squad_docs.qa_context(art, q, 300, lambda t: len(t.split()))
+  assert art.paragraphs[q.paragraph] in context
+  assert len(context.split()) <= 300
+  with pytest.raises(FileNotFoundError, match="SQuAD"):
+    squad_docs.load_articles(str(tmp_path / "missing.json"))

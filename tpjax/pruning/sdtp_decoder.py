@@ -1,0 +1,437 @@
+"""SDTP on a decoder's prefill (methods.md section 3; issue 11 part B).
+
+At each pruning location (the hidden state entering layer l, for l in
+`Schedule.layers`) a scorer rates the tokens still alive and the top-k by score stay, k
+being `Schedule.keep[s]` of the prompt's n tokens. The first `keep_first` tokens and
+the last `keep_last` fraction of the prompt are always kept (the question or the text
+being continued sits at the end). Kept tokens stay in their original order with their
+original position ids, so RoPE is unchanged for them.
+
+Two ways to run the same decisions:
+
+- `PrunedPrefill`: real removal. After each decision the kept tokens are gathered into
+  the smallest multiple of `Schedule.step` slots that holds them (bucketed lengths, so
+  compiled layers are reused), and later layers run on the shorter array. Each layer's
+  keys and values hold only the tokens that reached it, so each layer's KV cache is its
+  own size; decoding then continues at position n (`decoder.caches_from_layers`).
+- `masked_prefill`: every layer at full length, pruned tokens removed from attention by
+  the policy mask (decoder.attend's `k_keep`). Used for training and for tests: on the
+  kept tokens it equals the compacted path.
+
+Scorers are `score_fn(score_params, stage, hidden, positions) -> <float32>[batch, seq]`,
+higher = keep: the trained SDTP predictors (`predictor_scorer`) or the training-free
+recency baseline (`recency_scorer`).
+"""
+
+import dataclasses
+import functools
+import json
+import os
+from typing import Callable, Optional, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tpjax.models import decoder as decoder_lib
+from tpjax.pruning import sdtp
+
+ScoreFn = Callable[..., jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """Where to prune and how much of the prompt survives each stage (cumulative)."""
+  layers: tuple[int, ...]
+  keep: tuple[float, ...]
+  keep_first: int = 4
+  keep_last: float = 0.1
+  step: int = 64  # compaction bucket: kept tokens are padded to a multiple of this
+
+  def __post_init__(self):
+    if len(self.layers) != len(self.keep):
+      raise ValueError(f"{len(self.layers)} pruning layers but {len(self.keep)} keep "
+                       "ratios; give one ratio per layer.")
+    if list(self.layers) != sorted(set(self.layers)) or (self.layers and self.layers[0] < 1):
+      raise ValueError(f"Pruning layers must be increasing and >= 1, got {self.layers}.")
+    if any(not 0 < r <= 1 for r in self.keep) or list(self.keep) != sorted(self.keep)[::-1]:
+      raise ValueError(f"Keep ratios must be in (0, 1] and non-increasing, got {self.keep}.")
+
+
+def default_schedule(num_layers: int, start: int = 4, every: int = 3, ratio: float = 0.9,
+                     **kwargs) -> Schedule:
+  """The paper's default scaled to `num_layers`: stages at start, start+every, ...,
+  stage s keeping ratio^(s+1) of the prompt (geometric)."""
+  layers = tuple(range(start, num_layers, every))
+  return Schedule(layers, sdtp.geometric_ratios(len(layers), ratio), **kwargs)
+
+
+def always_kept(positions: jax.Array, n: jax.Array, keep_first: int,
+                keep_last: float) -> jax.Array:
+  """<bool>[batch, seq]: the first `keep_first` and the last ceil(keep_last n) prompt
+  positions. positions: <int32>[batch, seq] original ids; n: <int32>[batch]."""
+  last = jnp.ceil(keep_last * n.astype(jnp.float32)).astype(jnp.int32)
+  return (positions < keep_first) | (positions >= (n - last)[:, None])
+
+
+def kept_count(n, keep: float, keep_first: int, keep_last: float) -> jax.Array:
+  """Tokens left after a stage with ratio `keep`: ceil(keep n) (sdtp.keep_count), never
+  fewer than the always-kept ones. n: <int>[batch] -> <int32>[batch]."""
+  n = jnp.asarray(n, jnp.int32)
+  always = jnp.minimum(n, keep_first + jnp.ceil(keep_last * n).astype(jnp.int32))
+  return jnp.minimum(n, jnp.maximum(sdtp.keep_count(n, keep), always))
+
+
+def keep_mask(scores: jax.Array, live: jax.Array, always: jax.Array,
+              k: jax.Array) -> jax.Array:
+  """<bool>[batch, seq]: the k best live tokens, always-kept ones first
+  (sdtp.top_k_keep; shapes there)."""
+  return sdtp.top_k_keep(scores, live, always, k) > 0.5
+
+
+def gather_kept(mask: jax.Array, slots: int, *arrays: jax.Array):
+  """Kept tokens moved to the front in their original order, cut to `slots`.
+
+  Args:
+    mask: <bool>[batch, seq].
+    slots: output length, >= every row's kept count.
+    arrays: each [batch, seq, ...].
+  Returns:
+    (<bool>[batch, slots] validity, then each array as [batch, slots, ...]).
+  """
+  order = jnp.argsort(~mask, axis=-1, stable=True)[:, :slots]
+  take = lambda x: jnp.take_along_axis(
+      x, order.reshape(order.shape + (1,) * (x.ndim - 2)), axis=1)
+  return (take(mask),) + tuple(take(x) for x in arrays)
+
+
+def bucket(count: int, step: int) -> int:
+  return max(step, -(-count // step) * step)
+
+
+def recency_scorer(score_params, stage, hidden, positions) -> jax.Array:
+  """Training-free baseline: keep the most recent tokens."""
+  del score_params, stage, hidden
+  return positions.astype(jnp.float32)
+
+
+def predictor_logits(stage_params, hidden: jax.Array) -> jax.Array:
+  """sdtp.Predictor: <float32>[batch, seq, hidden] -> [batch, seq, 2] (drop, keep)."""
+  return sdtp.Predictor().apply({"params": stage_params}, hidden)
+
+
+def predictor_scorer(score_params, stage, hidden, positions) -> jax.Array:
+  """SDTP: the stage's trained predictor, keep minus drop logit (sdtp.keep_score).
+  score_params is the list of per-stage Predictor parameters."""
+  del positions
+  return sdtp.keep_score(predictor_logits(score_params[stage], hidden))
+
+
+def init_predictors(config: decoder_lib.DecoderConfig, schedule: Schedule,
+                    rng: jax.Array) -> list:
+  """Fresh Predictor parameters, one per pruning stage."""
+  dummy = jnp.zeros((1, 1, config.hidden_size))
+  return [sdtp.Predictor().init(key, dummy)["params"]
+          for key in jax.random.split(rng, len(schedule.layers))]
+
+
+@dataclasses.dataclass
+class PrefillResult:
+  """A (pruned) prefill: next-token logits and each layer's surviving tokens."""
+  logits: jax.Array              # <float32>[batch, vocab] at the last prompt token
+  kv: tuple                      # per layer (keys, values) [batch, kv_heads, n_l, head_dim]
+  positions: tuple               # per layer <int32>[batch, n_l]
+  valid: tuple                   # per layer <bool>[batch, n_l]
+  next_position: jax.Array       # <int32>[batch] = n, where decoding continues
+  kept: np.ndarray               # <int>[layers] max kept tokens entering each layer
+
+
+class PrunedPrefill:
+  """Compacting prefill with SDTP (or baseline) decisions, and decoding after it.
+
+  Args:
+    model: the DecoderModel.
+    params: its parameters.
+    schedule: a Schedule, or None for the unpruned path through the same code.
+    score_fn: a scorer (see module doc); unused without a schedule.
+    score_params: the scorer's parameters.
+  """
+
+  def __init__(self, model: decoder_lib.DecoderModel, params, schedule: Optional[Schedule],
+               score_fn: Optional[ScoreFn] = None, score_params=None):
+    if schedule is not None and schedule.layers and score_fn is None:
+      raise ValueError("A pruning schedule needs a score_fn.")
+    if schedule is not None and schedule.layers and (
+        schedule.layers[-1] >= model.config.num_hidden_layers):
+      raise ValueError(f"Pruning layer {schedule.layers[-1]} does not exist in a "
+                       f"{model.config.num_hidden_layers}-layer model.")
+    self.model, self.params = model, params
+    self.schedule, self.score_fn, self.score_params = schedule, score_fn, score_params
+    config = model.config
+    self._embed = jax.jit(lambda p, ids: model.apply({"params": p}, ids,
+                                                     method=model.embed))
+    self._layer = jax.jit(functools.partial(decoder_lib.layer_forward, config))
+    self._select = jax.jit(self._select_impl, static_argnames=("stage", "slots"))
+    self._last_logits = jax.jit(self._last_logits_impl)
+    # Decoding also runs layer by layer: layers whose caches have the same size share
+    # one compiled step, where a whole-model step would compile per cache-size tuple.
+    self._layer_decode = jax.jit(functools.partial(decoder_lib.layer_decode, config),
+                                 donate_argnames=("cache",))
+    self._head = jax.jit(lambda p, x: model.apply({"params": p}, x, method=model.head))
+
+  def _decode(self, params, ids, positions, caches):
+    """DecoderModel.decode, one compiled layer at a time; same inputs and outputs."""
+    x = self._embed(params, ids)
+    new = []
+    for l, cache in enumerate(caches):
+      x, cache = self._layer_decode(decoder_lib.layer_params(params, l), x, positions,
+                                    cache)
+      new.append(cache)
+    return self._head(params, x), tuple(new)
+
+  def _select_impl(self, score_params, hidden, positions, valid, n, stage, slots):
+    sch = self.schedule
+    scores = self.score_fn(score_params, stage, hidden, positions)
+    always = always_kept(positions, n, sch.keep_first, sch.keep_last)
+    k = kept_count(n, sch.keep[stage], sch.keep_first, sch.keep_last)
+    mask = keep_mask(scores, valid, always, k)
+    return gather_kept(mask, slots, hidden, positions)
+
+  def _last_logits_impl(self, params, hidden, positions, valid):
+    last = jnp.argmax(jnp.where(valid, positions, -1), axis=1)
+    x = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
+    return self.model.apply({"params": params}, x, method=self.model.head)
+
+  def slots(self, n: np.ndarray) -> list[int]:
+    """Slots after each stage for prompt lengths n (<int>[batch]), bucketed."""
+    sch = self.schedule
+    return [bucket(int(kept_count(n, r, sch.keep_first, sch.keep_last).max()), sch.step)
+            for r in sch.keep]
+
+  def prefill(self, ids: np.ndarray, valid: np.ndarray,
+              size_slots_for: Optional[int] = None) -> PrefillResult:
+    """Prefill of right- or left-padded prompts.
+
+    Args:
+      ids: <int32>[batch, seq].
+      valid: <bool>[batch, seq].
+      size_slots_for: size the compacted arrays for prompts of this many tokens
+        instead of the actual ones (>= them), so prompts of different lengths padded
+        to one length also share every later shape (fewer compilations).
+    Returns:
+      PrefillResult.
+    """
+    valid = np.asarray(valid, bool)
+    n = valid.sum(1).astype(np.int32)
+    if size_slots_for is not None and size_slots_for < n.max():
+      raise ValueError(f"size_slots_for={size_slots_for} is below the longest prompt "
+                       f"({n.max()} tokens).")
+    positions = decoder_lib.positions_from_mask(jnp.asarray(valid))
+    stages = {}
+    if self.schedule is not None:
+      sizing = n if size_slots_for is None else np.array([size_slots_for])
+      stages = {l: (s, slots) for s, (l, slots) in
+                enumerate(zip(self.schedule.layers, self.slots(sizing)))}
+    x = self._embed(self.params, jnp.asarray(ids))
+    live = jnp.asarray(valid)
+    kv, layer_pos, layer_valid, kept = [], [], [], []
+    for l in range(self.model.config.num_hidden_layers):
+      if l in stages:
+        stage, slots = stages[l]
+        if slots < x.shape[1]:
+          live, x, positions = self._select(self.score_params, x, positions, live,
+                                            jnp.asarray(n), stage=stage, slots=slots)
+      kept.append(x.shape[1])
+      x, layer_kv = self._layer(decoder_lib.layer_params(self.params, l), x, positions,
+                                live)
+      kv.append(layer_kv)
+      layer_pos.append(positions)
+      layer_valid.append(live)
+    logits = self._last_logits(self.params, x, positions, live)
+    return PrefillResult(logits, tuple(kv), tuple(layer_pos), tuple(layer_valid),
+                         jnp.asarray(n), np.asarray(kept))
+
+  def caches(self, result: PrefillResult, extra: int):
+    return decoder_lib.caches_from_layers(result.kv, result.positions, result.valid, extra)
+
+  def continuation_nll(self, result: PrefillResult, tokens: np.ndarray) -> np.ndarray:
+    """Per-token loss of the true continuation after the prompt.
+
+    Args:
+      result: the prompt's prefill.
+      tokens: <int32>[batch, T], the T true next tokens.
+    Returns:
+      <float32>[batch, T]: token t's negative log-likelihood given the (pruned) prompt
+      and the true tokens before it.
+    """
+    tokens = jnp.asarray(tokens)
+    steps = tokens.shape[1]
+    caches = self.caches(result, steps)
+    positions = result.next_position[:, None] + jnp.arange(steps - 1)[None]
+    logits, _ = self._decode(self.params, tokens[:, :-1], positions, caches)
+    logits = jnp.concatenate([result.logits[:, None], logits], axis=1)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -np.asarray(jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0])
+
+  def greedy(self, result: PrefillResult, steps: int,
+             eos: Optional[int] = None) -> np.ndarray:
+    """<int32>[batch, steps] greedy tokens after the prompt (stops early once every row
+    has produced `eos`; the rest is filled with eos)."""
+    caches = self.caches(result, steps)
+    token = jnp.argmax(result.logits, axis=-1).astype(jnp.int32)
+    out = [np.asarray(token)]
+    for t in range(1, steps):
+      if eos is not None and all(np.any(np.stack(out, 1) == eos, axis=1)):
+        out.append(np.full_like(out[0], eos))
+        continue
+      position = (result.next_position + t - 1)[:, None]
+      logits, caches = self._decode(self.params, token[:, None], position, caches)
+      token = jnp.argmax(logits[:, 0], axis=-1).astype(jnp.int32)
+      out.append(np.asarray(token))
+    return np.stack(out, axis=1)
+
+
+def masked_prefill(config: decoder_lib.DecoderConfig, params, input_ids: jax.Array,
+                   positions: jax.Array, valid: jax.Array, schedule: Schedule,
+                   mask_fn: Callable[..., jax.Array]):
+  """Prefill at full length with pruning simulated by the policy mask.
+
+  `mask_fn(stage, hidden, positions, live) -> <float32>[batch, seq]` gives the stage's
+  keep decision (binary top-k for inference checks, straight-through Gumbel for
+  training); it is multiplied into the running mask, and every layer from that stage
+  on attends with the running mask (decoder.attend's `k_keep`).
+
+  Args:
+    input_ids, positions: <int32>[batch, seq]; valid: <bool>[batch, seq].
+  Returns:
+    (last layer's output <float32>[batch, seq, hidden], per-stage running masks
+    <float32>[stages, batch, seq], per-layer (keys, values)).
+  """
+  model = decoder_lib.DecoderModel(config)
+  x = model.apply({"params": params}, input_ids, method=model.embed)
+  running, masks, kv = None, [], []
+  stages = {l: s for s, l in enumerate(schedule.layers)}
+  for l in range(config.num_hidden_layers):
+    if l in stages:
+      live = valid if running is None else valid & (running > 0.5)
+      m = mask_fn(stages[l], x, positions, live)
+      running = m if running is None else running * m
+      masks.append(running)
+    x, layer_kv = decoder_lib.layer_forward(config, decoder_lib.layer_params(params, l),
+                                            x, positions, valid, running)
+    kv.append(layer_kv)
+  return x, jnp.stack(masks) if masks else None, tuple(kv)
+
+
+def hard_mask_fn(schedule: Schedule, score_fn: ScoreFn, score_params,
+                 n: jax.Array) -> Callable[..., jax.Array]:
+  """The inference decision of `PrunedPrefill` as a `masked_prefill` mask_fn."""
+  def mask_fn(stage, hidden, positions, live):
+    scores = score_fn(score_params, stage, hidden, positions)
+    always = always_kept(positions, n, schedule.keep_first, schedule.keep_last)
+    k = kept_count(n, schedule.keep[stage], schedule.keep_first, schedule.keep_last)
+    return keep_mask(scores, live, always, k).astype(jnp.float32)
+  return mask_fn
+
+
+def probe_target_fn(config: decoder_lib.DecoderConfig, params, input_ids: jax.Array,
+                    layers: Sequence[int], loss_weights: jax.Array):
+  """`target_fn(probes) -> (T, hiddens)` of the frozen, unpruned decoder, for
+  sdtp.saliency_targets.
+
+  probes, one <float32>[batch, seq, hidden] per pruning layer, are added to the hidden
+  state entering that layer (zero probes leave the model unchanged, and d T / d probe
+  is d T / d hidden); hiddens are those hidden states. T is the weighted next-token
+  loss, summed over the batch: sum_b sum_t w_bt NLL_bt / sum_t w_bt, NLL_bt the loss of
+  token t+1 given tokens <= t.
+
+  Args:
+    input_ids: <int32>[batch, seq], unpadded windows.
+    layers: pruning layers.
+    loss_weights: <float32>[batch, seq - 1] which predictions T counts.
+  """
+  model = decoder_lib.DecoderModel(config)
+  positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
+  valid = jnp.ones(input_ids.shape, bool)
+  where = {l: i for i, l in enumerate(layers)}
+
+  def target_fn(probes):
+    x = model.apply({"params": params}, input_ids, method=model.embed)
+    hiddens = []
+    for l in range(config.num_hidden_layers):
+      if l in where:
+        x = x + probes[where[l]]
+        hiddens.append(x)
+      x, _ = decoder_lib.layer_forward(config, decoder_lib.layer_params(params, l), x,
+                                       positions, valid)
+    logits = model.apply({"params": params}, x[:, :-1], method=model.head)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    nll = -jnp.take_along_axis(logp, input_ids[:, 1:, None], axis=-1)[..., 0]
+    per_row = jnp.sum(nll * loss_weights, axis=1) / jnp.sum(loss_weights, axis=1)
+    return jnp.sum(per_row), tuple(hiddens)
+  return target_fn
+
+
+def prefill_macs(config: decoder_lib.DecoderConfig, kept: Sequence[float]) -> float:
+  """Multiply-accumulates of a causal prefill with kept[l] tokens entering layer l
+  (projections, causal attention n(n+1)/2 per head, SwiGLU; the head on one token)."""
+  d, hd = config.hidden_size, config.head_dim
+  q_out = config.num_attention_heads * hd
+  kv_out = config.num_key_value_heads * hd
+  total = 0.0
+  for n in kept:
+    total += n * (d * q_out + 2 * d * kv_out + q_out * d)        # q, k, v, o
+    total += 2 * config.num_attention_heads * hd * n * (n + 1) / 2  # scores, values
+    total += n * 3 * d * config.intermediate_size                  # gate, up, down
+  return total + d * config.vocab_size
+
+
+def kv_cache_bytes(result: PrefillResult) -> int:
+  """Bytes of keys and values a prefill leaves in the caches (valid slots only)."""
+  total = 0
+  for (k, _), m in zip(result.kv, result.valid):
+    per_token = 2 * k.shape[1] * k.shape[3] * k.dtype.itemsize
+    total += int(np.asarray(m).sum()) * per_token
+  return total
+
+
+def keep_fraction(config: decoder_lib.DecoderConfig, schedule: Schedule, n: int) -> dict:
+  """How much of an n-token prompt survives: at the last stage, and averaged over
+  layers (token-layers), for reporting."""
+  counts = [n] * config.num_hidden_layers
+  for l, r in zip(schedule.layers, schedule.keep):
+    k = int(kept_count(np.array([n]), r, schedule.keep_first, schedule.keep_last)[0])
+    counts[l:] = [k] * (config.num_hidden_layers - l)
+  return {"final_kept": counts[-1] / n, "token_layers_kept": sum(counts) / (n * len(counts)),
+          "relative_macs": prefill_macs(config, counts) / prefill_macs(
+              config, [n] * config.num_hidden_layers)}
+
+
+
+def save_predictors(workdir: str, score_params: list, schedule: Schedule,
+                    extra: Optional[dict] = None) -> None:
+  """Writes `predictors.msgpack` and `sdtp.json` (the schedule and `extra`) to workdir."""
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "predictors.msgpack"), "wb") as f:
+    f.write(flax.serialization.to_bytes(score_params))
+  with open(os.path.join(workdir, "sdtp.json"), "w", encoding="utf-8") as f:
+    json.dump({"schedule": dataclasses.asdict(schedule), **(extra or {})}, f, indent=1)
+
+
+def load_predictors(workdir: str, config: decoder_lib.DecoderConfig
+                    ) -> tuple[list, Schedule, dict]:
+  """(per-stage Predictor parameters, Schedule, the saved extras) from a workdir."""
+  meta_path = os.path.join(workdir, "sdtp.json")
+  if not os.path.isfile(meta_path):
+    raise FileNotFoundError(f"No trained SDTP predictors in {workdir!r} (expected "
+                            "sdtp.json and predictors.msgpack); train them with "
+                            "`python -m tpjax.train_sdtp_decoder`.")
+  with open(meta_path, encoding="utf-8") as f:
+    meta = json.load(f)
+  sch = meta.pop("schedule")
+  schedule = Schedule(**{**sch, "layers": tuple(sch["layers"]), "keep": tuple(sch["keep"])})
+  template = init_predictors(config, schedule, jax.random.PRNGKey(0))
+  with open(os.path.join(workdir, "predictors.msgpack"), "rb") as f:
+    params = flax.serialization.from_bytes(template, f.read())
+  return list(params), schedule, meta
