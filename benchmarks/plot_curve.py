@@ -1,4 +1,4 @@
-"""Accuracy versus relative FLOPs on SST-2: LTP and ToP runs against top-k.
+"""Accuracy versus relative FLOPs on SST-2: LTP, ToP and SDTP runs against top-k.
 
 Collects the dev results of finished runs (their summary.json) and a training-free
 top-k sweep (benchmarks/prune_sweep.py output), writes them to one JSON file and
@@ -21,6 +21,8 @@ _TOP = flags.DEFINE_list("top", [], "ToP run directories.")
 _TOP_RULES = flags.DEFINE_list("top_rules", [], "benchmarks/top_rules.py JSON files: their "
                                "final-state, 'expected'-rule rows join the ToP points.")
 _TOPK_SWEEP = flags.DEFINE_string("topk_sweep", None, "prune_sweep.py JSON (top-k).")
+_SDTP = flags.DEFINE_list("sdtp", [], "benchmarks/sdtp_sweep.py JSON files: one trained "
+                          "SDTP run at several keep ratios r.")
 _BASELINE = flags.DEFINE_string("baseline", "runs/sst2_ft", "The unpruned run.")
 _OUT = flags.DEFINE_string("out", "benchmarks/results/sst2_curve", "Output path stem.")
 
@@ -34,7 +36,8 @@ def _run_point(workdir: str) -> dict:
           "tokens_kept_per_layer": dev["tokens_kept_per_layer"],
           "reg_lambda": summary["config"]["pruning"].get("reg_lambda"),
           "keep_rate": summary["config"]["pruning"].get("keep_rate"),
-          "top_target": summary["config"]["pruning"].get("top_target")}
+          "top_target": summary["config"]["pruning"].get("top_target"),
+          "sdtp_keep_ratio": summary["config"]["pruning"].get("sdtp_keep_ratio")}
 
 
 def main(argv):
@@ -44,6 +47,11 @@ def main(argv):
             "topk_finetuned": [_run_point(w) for w in _TOPK_RUNS.value],
             "top": [_run_point(w) for w in _TOP.value],
             "topk_training_free": []}
+  for path in _SDTP.value:
+    with open(path) as f:
+      sweep = json.load(f)
+    result.setdefault("sdtp", []).extend(
+        {"workdir": sweep["workdir"], "source": path, **p} for p in sweep["points"])
   for path in _TOP_RULES.value:
     with open(path) as f:
       rules = json.load(f)
@@ -74,10 +82,11 @@ def main(argv):
   ax.axhline(100 * base["accuracy"] - 1, color="gray", ls=":", lw=1, label="unpruned - 1")
   series = [("ltp", "LTP (soft + hard)", "o-", "C0"),
             ("top", "ToP (gates + distillation)", "D-", "C3"),
+            ("sdtp", "SDTP (saliency-trained modules)", "v-", "C4"),
             ("topk_finetuned", "top-k (hard fine-tune)", "s", "C1"),
             ("topk_training_free", "top-k (training-free)", "^--", "C2")]
   for key, label, style, color in series:
-    points = sorted(result[key], key=lambda p: p["relative_flops"])
+    points = sorted(result.get(key, []), key=lambda p: p["relative_flops"])
     if points:
       ax.plot([p["relative_flops"] for p in points], [100 * p["accuracy"] for p in points],
               style, color=color, label=label)
@@ -87,6 +96,9 @@ def main(argv):
   for p in result["top"]:
     ax.annotate(f"t={p['top_target']}", (p["relative_flops"], 100 * p["accuracy"]),
                 textcoords="offset points", xytext=(4, 4), fontsize=8)
+  for p in result.get("sdtp", []):
+    ax.annotate(f"r={p['sdtp_keep_ratio']}", (p["relative_flops"], 100 * p["accuracy"]),
+                textcoords="offset points", xytext=(4, -10), fontsize=8)
   ax.set_xlabel("relative FLOPs (real lengths)")
   ax.set_ylabel("SST-2 dev accuracy (%)")
   ax.set_title("MiniLM-L6 on SST-2: accuracy vs FLOPs")

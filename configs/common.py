@@ -73,7 +73,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   })
 
   config.pruning = ml_collections.ConfigDict()
-  config.pruning.method = "none"          # none | ltp | threshold | topk | top
+  config.pruning.method = "none"          # none | ltp | threshold | topk | top | sdtp
   config.pruning.score_norm = "fixed"     # fixed | live (methods.md section 0)
   config.pruning.score_norm_constant = 128.0
   config.pruning.final_threshold = 0.01   # ltp / threshold: last layer's initial theta
@@ -114,4 +114,17 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Layers before this one never prune (reference: 0; LTP keeps layer 0 whole, as
   # attention before any mixing says little, and short runs cannot learn that in time).
   config.pruning.top_first_layer = 1
+  # sdtp (tpjax/pruning/sdtp_encoder.py): saliency-trained prediction modules, trained
+  # in a 'soft' stage with the backbone frozen; inference keeps the top
+  # ceil(rho_s * length) tokens at location s, rho_s = r^(s+1) unless listed.
+  config.pruning.sdtp_layers = ()         # (): layers 1 .. L-1
+  config.pruning.sdtp_keep_ratio = 0.9    # r
+  config.pruning.sdtp_keep_ratios = ()    # explicit rho_s per location
+  config.pruning.sdtp_target = "logit"    # logit (gold class) | loss
+  config.pruning.sdtp_norm = "seq_max"    # raw | abs | seq_max
+  config.pruning.sdtp_tau = 1.0           # Gumbel-softmax temperature
+  config.pruning.sdtp_task_weight = 1.0
+  config.pruning.sdtp_mse_weight = 1.0
+  config.pruning.sdtp_rank_weight = 1.0
+  config.pruning.sdtp_ratio_weight = 0.0  # DynamicViT ratio loss (2.0 there); 0: off
   return config

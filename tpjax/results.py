@@ -69,10 +69,11 @@ def is_inference(data) -> bool:
 # Curve-file keys holding trained runs, and their series names; the file's
 # "topk_training_free" list copies a sweep file and is read from there instead.
 _RUN_SERIES = {"ltp": "LTP", "ltp_reference": "LTP, reference variant", "top": "ToP",
-               "topk_finetuned": "topk, fine-tuned"}
+               "topk_finetuned": "topk, fine-tuned", "sdtp": "SDTP"}
 # Method -> (the setting that tells its points apart, its symbol).
 _SETTINGS = {"ltp": ("reg_lambda", "λ"), "top": ("top_target", "t"),
-             "topk": ("keep_rate", "k"), "threshold": ("final_threshold", "θ")}
+             "topk": ("keep_rate", "k"), "threshold": ("final_threshold", "θ"),
+             "sdtp": ("sdtp_keep_ratio", "r")}
 
 
 def setting_label(entry: dict) -> str:

@@ -118,16 +118,18 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, teacher: Optional
   inputs = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
   teacher_out = None
   if teacher is not None:
-    teacher_out = jax.lax.stop_gradient(model.apply(
-        {"params": jax.lax.stop_gradient(teacher)}, *inputs, deterministic=True,
-        output_attentions=True))
+    teacher_out = jax.lax.stop_gradient(method.teacher_output(
+        model, jax.lax.stop_gradient(teacher), batch))
+  frozen = method.model_frozen(stage)
   progress = state.step.astype(jnp.float32) / total_steps
   mean = lambda x: jnp.sum(x * weights) / total_weight
 
   def loss_fn(params):
-    out = model.apply({"params": params["model"]}, *inputs, deterministic=False,
+    model_params = jax.lax.stop_gradient(params["model"]) if frozen else params["model"]
+    out = model.apply({"params": model_params}, *inputs, deterministic=False,
                       rngs={"dropout": rng},
-                      prune_fn=method.prune_fn(params["pruning"], stage, prune_rng))
+                      prune_fn=method.prune_fn(params["pruning"], stage, prune_rng),
+                      attention_softmax=method.attention_softmax(stage))
     loss, terms = method.loss(params["pruning"], out, teacher_out, batch, stage, progress,
                               model.num_labels)
     return mean(loss), {"loss": mean(loss), **{k: mean(v) for k, v in terms.items()}}
@@ -136,6 +138,8 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, teacher: Optional
   grads = reduce(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = method.post_update(optax.apply_updates(state.params, updates), state.params)
+  if frozen:  # weight decay would still move it
+    params = {**params, "model": state.params["model"]}
   metrics = reduce(aux)
   metrics["grad_norm"] = optax.global_norm(grads["model"])
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics

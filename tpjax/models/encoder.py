@@ -20,6 +20,10 @@ Pruning plugs in through `prune_fn`, called after every layer's attention:
 
 The returned mask is used as the attention key mask of every later layer and, in hard
 pruning, marks which tokens the layer's FFN and later layers still process.
+
+Keys are weighted by the mask through an additive log bias (`key_bias`) unless an
+`attention_softmax(logits, token_mask) -> probs` is given (SDTP's policy softmax,
+`tpjax.pruning.sdtp.policy_softmax`, whose gradient reaches keys whose weight is 0).
 """
 
 from typing import Any, Callable, Optional
@@ -136,7 +140,8 @@ class SelfAttention(nn.Module):
   config: config_lib.EncoderConfig
 
   @nn.compact
-  def __call__(self, hidden, bias, deterministic: bool):
+  def __call__(self, hidden, bias, deterministic: bool, softmax_fn=None):
+    """`softmax_fn(logits) -> probs`, if given, replaces softmax(logits + bias)."""
     cfg = self.config
     batch, seq, _ = hidden.shape
     split = lambda x: x.reshape(batch, seq, cfg.num_attention_heads, cfg.head_dim)
@@ -144,7 +149,8 @@ class SelfAttention(nn.Module):
     k = split(_dense(cfg.hidden_size, cfg, "key")(hidden))
     v = split(_dense(cfg.hidden_size, cfg, "value")(hidden))
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(cfg.head_dim).astype(q.dtype)
-    probs = jax.nn.softmax(logits + bias, axis=-1)
+    probs = (jax.nn.softmax(logits + bias, axis=-1) if softmax_fn is None
+             else softmax_fn(logits))
     dropped = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic)
     context = jnp.einsum("bhqk,bkhd->bqhd", dropped, v)
     return context.reshape(batch, seq, cfg.hidden_size), probs
@@ -166,8 +172,9 @@ class Attention(nn.Module):
   config: config_lib.EncoderConfig
 
   @nn.compact
-  def __call__(self, hidden, bias, deterministic: bool):
-    context, probs = SelfAttention(self.config, name="self")(hidden, bias, deterministic)
+  def __call__(self, hidden, bias, deterministic: bool, softmax_fn=None):
+    context, probs = SelfAttention(self.config, name="self")(hidden, bias, deterministic,
+                                                             softmax_fn)
     out = ResidualOutput(self.config, name="output")(context, hidden, deterministic)
     return out, probs
 
@@ -190,8 +197,11 @@ class Layer(nn.Module):
     self.intermediate = Intermediate(self.config)
     self.output = ResidualOutput(self.config)
 
-  def attend(self, hidden, token_mask, deterministic: bool):
+  def attend(self, hidden, token_mask, deterministic: bool, attention_softmax=None):
     """Returns (<float32>[batch, seq, hidden], probs <float32>[batch, heads, seq, seq])."""
+    if attention_softmax is not None:
+      return self.attention(hidden, None, deterministic,
+                            lambda logits: attention_softmax(logits, token_mask))
     return self.attention(hidden, key_bias(token_mask), deterministic)
 
   def feed_forward(self, hidden, deterministic: bool):
@@ -303,7 +313,8 @@ class EncoderModel(nn.Module):
 
   def __call__(self, input_ids, attention_mask, token_type_ids=None, position_ids=None,
                deterministic: bool = True, output_attentions: bool = False,
-               output_hidden_states: bool = False, prune_fn: Optional[PruneFn] = None):
+               output_hidden_states: bool = False, prune_fn: Optional[PruneFn] = None,
+               attention_softmax: Optional[Callable] = None):
     """Runs the encoder.
 
     Args:
@@ -315,6 +326,8 @@ class EncoderModel(nn.Module):
       output_attentions: keep every layer's attention probabilities.
       output_hidden_states: keep the embeddings and every layer's output.
       prune_fn: the pruning hook described in the module docstring.
+      attention_softmax: (logits <float32>[batch, heads, seq, seq], token_mask
+        <float32>[batch, seq]) -> probabilities, or None (softmax with `key_bias`).
     Returns:
       EncoderOutput.
     """
@@ -328,7 +341,7 @@ class EncoderModel(nn.Module):
         token_mask, jnp.zeros_like(input_ids) if token_type_ids is None else token_type_ids)
     all_hidden, all_attn, all_masks, all_aux = [hidden], [], [], []
     for index, layer in enumerate(self.layers):
-      hidden, probs = layer.attend(hidden, token_mask, deterministic)
+      hidden, probs = layer.attend(hidden, token_mask, deterministic, attention_softmax)
       scale = None
       if prune_fn is not None:
         token_mask, scale, aux = prune_fn(index, probs, token_mask, hidden, lengths,

@@ -14,11 +14,15 @@ The training loop (`tpjax.train`) is generic: it calls, per step,
     post_update(new_params, old_params)          after the optimizer update
 
 and, per stage, `pruning_optimizer(...)` for `params['pruning']`. With
-`needs_teacher`, `teacher` is the frozen unpruned model's output on the batch (the
-stage's starting parameters, run without gradients in the same compiled step).
+`needs_teacher`, `teacher` is `teacher_output(...)` of the frozen unpruned model on the
+batch (the stage's starting parameters, run without gradients in the same compiled
+step; by default its output with attentions). A method may also replace the training
+forward's attention softmax (`attention_softmax`) and freeze the backbone in a stage
+(`model_frozen`: only `params['pruning']` is differentiated, the model stays
+bit-identical).
 """
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -63,6 +67,28 @@ class Method:
     """The encoder hook for `stage`; `rng` is given in training only."""
     del params, stage, rng
     return None
+
+  def teacher_output(self, model: encoder_lib.EncoderModel, teacher: dict,
+                     batch: dict) -> Any:
+    """What `loss` receives as `teacher`: the frozen model's output with attentions.
+
+    Args:
+      model: the EncoderModel.
+      teacher: the frozen model parameters.
+      batch: the (per-device) batch.
+    """
+    return model.apply({"params": teacher}, batch["input_ids"], batch["attention_mask"],
+                       batch["token_type_ids"], deterministic=True, output_attentions=True)
+
+  def attention_softmax(self, stage: str) -> Optional[Callable]:
+    """The encoder's `attention_softmax` in `stage`'s training forward; None: default."""
+    del stage
+    return None
+
+  def model_frozen(self, stage: str) -> bool:
+    """Whether the backbone stays frozen (bit-identical) while `stage` trains."""
+    del stage
+    return False
 
   def regularizer(self, output: encoder_lib.EncoderOutput, attention_mask: jax.Array,
                   stage: str) -> jax.Array:
