@@ -22,7 +22,7 @@ def _main(*args, traceback=False):
 
 
 def _assert_one_paragraph(result, *needles):
-  assert result.returncode == 1, result.stderr
+  assert result.returncode == cli.USER_ERROR_EXIT_CODE == 2, result.stderr
   assert "Traceback" not in result.stderr
   paragraph = result.stderr.strip()
   assert paragraph.startswith("tpjax.main: ")
@@ -43,7 +43,7 @@ def test_traceback_on_request(tmp_path):
   blocker.write_text("")
   result = _main("--config=configs/tiny.py", f"--workdir={blocker}/run",
                  traceback=True)
-  assert result.returncode == 1
+  assert result.returncode == 1  # Python's own exit code for the re-raised error
   assert "Traceback" in result.stderr and "Cannot use workdir" in result.stderr
 
 
@@ -69,16 +69,24 @@ def test_paragraph_unwraps_config_key_errors():
 
 def test_first_lines_name_data_and_model(tmp_path):
   glue_dir = helpers.write_sst2(str(tmp_path / "glue"), n_train=8, n_dev=4)
-  # A stage name that does not exist fails after data and model are set up.
+  # init_from a folder that is no run fails after data and model are set up.
+  (tmp_path / "not_a_run").mkdir()
   result = _main("--config=configs/tiny.py", f"--workdir={tmp_path}/run",
                  f"--config.data.glue_dir={glue_dir}",
-                 "--config.stages=('finetune_typo',)")
+                 f"--config.init_from={tmp_path}/not_a_run")
   lines = result.stdout.splitlines()
   assert lines[0] == (f"Data: GLUE sst2 from TSV folder {glue_dir} "
                       "(config.data.glue_dir)")
   assert lines[1].startswith("Model: minilm-l6 (random weights, architecture from ")
-  assert lines[2].startswith("Stages: finetune_typo (pruning: none)")
-  _assert_one_paragraph(result, "Unknown stage 'finetune_typo'")
+  assert lines[2].startswith("Stages: finetune (pruning: none)")
+  _assert_one_paragraph(result, "has no finetune/best checkpoint")
+
+
+def test_bad_stage_name_is_refused_before_any_work(tmp_path):
+  result = _main("--config=configs/tiny.py", f"--workdir={tmp_path}/run",
+                 "--config.stages=('finetune_typo',)")
+  assert result.stdout == "" and not (tmp_path / "run").exists()
+  _assert_one_paragraph(result, "config.stages=('finetune_typo',) is not allowed")
 
 
 def test_tfds_mock_data_builds_glue_sst2(monkeypatch):

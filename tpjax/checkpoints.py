@@ -1,26 +1,44 @@
 """Orbax checkpoints of a training stage: the latest (for resuming) and the best on dev.
 
 Layout under a stage directory:
-    latest/<step>/   the most recent state, saved periodically and on SIGINT/SIGTERM
-    best/<step>/     the state with the best dev metric so far
-    best/best.json   that checkpoint's step and dev metric
+    latest/<step>/          the most recent state, saved periodically and on SIGINT/SIGTERM
+    latest/checksums.json   SHA-256 of every file of that step, written after the save
+    best/<step>/            the state with the best dev metric so far
+    best/checksums.json     the same for best/
+    best/best.json          that checkpoint's step and dev metric
+
+Every restore checks the checksums first, so a flipped byte or a truncated file is
+never trained on or predicted with: a bad `latest/` step is moved aside to
+`latest.corrupt-<step>/` and resuming falls back to `best/` (a full train state, so
+the run still ends exactly as an uninterrupted one); with no good state left the
+restore stops with `CheckpointError`.
 """
 
+import hashlib
 import json
 import os
 from typing import Any, Optional
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from tpjax import errors
 
-def _manager(directory: str) -> ocp.CheckpointManager:
+CHECKSUMS = "checksums.json"
+
+
+class CheckpointError(errors.RunFailed):
+  """No checkpoint of a stage can be trusted; the message says which and what to do."""
+
+
+def _manager(directory: str, create: bool = True) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       preservation_policy=checkpoint_managers.LatestN(1),
       enable_async_checkpointing=False,  # a save must be on disk before we move on
-      create=True)
+      create=create)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
@@ -29,32 +47,130 @@ def cast_like(reference: Any, restored: Any) -> Any:
   return jax.tree.map(lambda ref, x: jnp.asarray(x, ref.dtype), reference, restored)
 
 
-def _restore(manager: ocp.CheckpointManager, target: Any) -> Optional[Any]:
+def _digest(step_dir: str) -> dict[str, str]:
+  """{path relative to `step_dir`: sha256} of every file under it."""
+  digests = {}
+  for root, _, files in os.walk(step_dir):
+    for name in files:
+      path = os.path.join(root, name)
+      sha = hashlib.sha256()
+      with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+          sha.update(block)
+      digests[os.path.relpath(path, step_dir)] = sha.hexdigest()
+  return dict(sorted(digests.items()))
+
+
+def write_checksums(directory: str, step: int) -> None:
+  """Records the checksums of `directory/<step>` (the only step kept there)."""
+  record = {"step": step, "files": _digest(os.path.join(directory, str(step)))}
+  tmp = os.path.join(directory, CHECKSUMS + ".tmp")
+  with open(tmp, "w") as f:
+    json.dump(record, f, indent=1)
+  os.replace(tmp, os.path.join(directory, CHECKSUMS))
+
+
+def verify(directory: str, step: int) -> Optional[str]:
+  """What is wrong with `directory/<step>`, or None if its files match the checksums.
+
+  A step without a record (a run from before checksums, or a kill between the save
+  and the record) is not rejected here; `_restore` still catches it if unreadable.
+  """
+  path = os.path.join(directory, CHECKSUMS)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      record = json.load(f)
+  except (OSError, ValueError):
+    return f"{path} is unreadable"
+  if record.get("step") != step:
+    return None
+  actual = _digest(os.path.join(directory, str(step)))
+  expected = record["files"]
+  missing = sorted(set(expected) - set(actual))
+  changed = sorted(k for k in expected if k in actual and actual[k] != expected[k])
+  if missing or changed:
+    return (f"{len(changed)} file(s) differ from their checksum ({', '.join(changed[:3])})"
+            f" and {len(missing)} are missing")
+  return None
+
+
+def _restore(manager: ocp.CheckpointManager, directory: str,
+             target: Any) -> tuple[Optional[Any], Optional[int], Optional[str]]:
+  """(state, step, None), (None, None, None) without a step, or (None, step, problem)."""
   step = manager.latest_step()
   if step is None:
-    return None
-  return manager.restore(step, args=ocp.args.StandardRestore(target))
+    return None, None, None
+  problem = verify(directory, step)
+  if problem is None:
+    try:
+      return manager.restore(step, args=ocp.args.StandardRestore(target)), step, None
+    except Exception as err:  # pylint: disable=broad-except
+      # Orbax's errors for a damaged file run to hundreds of lines; one is enough.
+      text = str(err).strip().splitlines()
+      problem = f"it cannot be read ({type(err).__name__}: {text[0] if text else ''})"
+  return None, step, problem
 
 
 class StageCheckpoints:
-  """The latest and best checkpoints of one stage."""
+  """The latest and best checkpoints of one stage.
 
-  def __init__(self, directory: str):
-    self.latest = _manager(os.path.join(directory, "latest"))
-    self.best = _manager(os.path.join(directory, "best"))
-    self._best_json = os.path.join(directory, "best", "best.json")
+  With `read_only=True` (prediction, evaluation) nothing is created or changed on
+  disk, and a missing `best/` reads as no checkpoint.
+  """
+
+  def __init__(self, directory: str, read_only: bool = False):
+    self.directory = directory
+    self.read_only = read_only
+    self._latest_dir = os.path.join(directory, "latest")
+    self._best_dir = os.path.join(directory, "best")
+    self._best_json = os.path.join(self._best_dir, "best.json")
+    self.latest = None if read_only else _manager(self._latest_dir)
+    self.best = None
+    if not read_only:
+      self.best = _manager(self._best_dir)
+    elif os.path.isdir(self._best_dir):
+      self.best = _manager(self._best_dir, create=False)
 
   def save_latest(self, step: int, state: Any) -> None:
     if self.latest.latest_step() != step:
       self.latest.save(step, args=ocp.args.StandardSave(state))
       self.latest.wait_until_finished()
+      write_checksums(self._latest_dir, step)
 
   def restore_latest(self, target: Any) -> Optional[Any]:
-    """Restores the latest state into `target`'s structure; None if there is none."""
-    return _restore(self.latest, target)
+    """The state to resume from, into `target`'s structure; None if there is none.
+
+    A corrupt latest step is moved aside and the best checkpoint (a full train state
+    as well) is used instead.
+
+    Raises:
+      CheckpointError: the latest step is corrupt and there is no good best one.
+    """
+    state, step, problem = _restore(self.latest, self._latest_dir, target)
+    if problem is None:
+      return state
+    aside = f"{self._latest_dir}.corrupt-{step}"
+    os.replace(os.path.join(self._latest_dir, str(step)), aside)
+    self.latest.close()
+    self.latest = _manager(self._latest_dir)
+    best, best_step, best_problem = _restore(self.best, self._best_dir, target)
+    if best is None:
+      why = (f"best/ step {best_step} is damaged too: {best_problem}" if best_problem
+             else "there is no best/ checkpoint to fall back to")
+      raise CheckpointError(
+          f"Checkpoint {self._latest_dir}/{step} is damaged ({problem}; moved to {aside}) "
+          f"and {why}. Delete {self.directory} to train this stage again from its start.")
+    logging.warning("Checkpoint %s/%d is damaged (%s); moved to %s. Resuming from the "
+                    "best checkpoint, step %d.", self._latest_dir, step, problem, aside,
+                    best_step)
+    print(f"Warning: checkpoint {self._latest_dir}/{step} is damaged ({problem}); "
+          f"resuming from best/ step {best_step}.", flush=True)
+    return best
 
   def best_metric(self) -> Optional[float]:
-    step = self.best.latest_step()
+    step = self.best.latest_step() if self.best else None
     if step is None or not os.path.exists(self._best_json):
       return None
     with open(self._best_json) as f:
@@ -66,18 +182,33 @@ class StageCheckpoints:
     best = self.best_metric()
     if best is not None and dev_metric <= best:
       return False
-    if self.best.latest_step() == step:
+    if self.best.latest_step() != step:
+      self.best.save(step, args=ocp.args.StandardSave(state))
+      self.best.wait_until_finished()
+    elif best is not None:
       return False
-    self.best.save(step, args=ocp.args.StandardSave(state))
-    self.best.wait_until_finished()
+    # (else: a kill came between this step's save and its records; complete them)
+    write_checksums(self._best_dir, step)
     with open(self._best_json, "w") as f:
       json.dump({"step": step, "dev_metric": float(dev_metric)}, f)
     return True
 
   def restore_best(self, target: Any = None) -> Optional[Any]:
-    """The best state, into `target`'s structure or, without one, as nested dicts."""
-    return _restore(self.best, target)
+    """The best state, into `target`'s structure or, without one, as nested dicts.
+
+    Raises:
+      CheckpointError: the best checkpoint is damaged.
+    """
+    if self.best is None:
+      return None
+    state, step, problem = _restore(self.best, self._best_dir, target)
+    if problem:
+      raise CheckpointError(f"Checkpoint {self._best_dir}/{step} is damaged ({problem}); "
+                            "it is not used. Retrain the stage (delete "
+                            f"{self.directory}) or use another run.")
+    return state
 
   def close(self) -> None:
-    self.latest.close()
-    self.best.close()
+    for manager in (self.latest, self.best):
+      if manager is not None:
+        manager.close()

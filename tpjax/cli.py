@@ -1,15 +1,18 @@
 """What the command-line tools do with errors: one paragraph for user mistakes.
 
-A missing data folder, a mistyped `--config.` override or an unusable workdir is not
-a bug, so the user gets one readable paragraph on stderr and a non-zero exit instead
-of a traceback. `--verbosity=1` (absl's flag) or `TPJAX_TRACEBACK=1` shows the
-traceback too, for bug reports.
+A missing data folder, a mistyped `--config.` override, a bad config value or an
+unusable workdir is not a bug, so the user gets one readable paragraph on stderr and
+exit code 2 instead of a traceback. A run that stops for a reason it explains (a NaN
+loss, a damaged checkpoint; `errors.RunFailed`) prints its paragraph and exits 1.
+Ctrl-C exits 130, also while the tool is still starting. `--verbosity=1` (absl's
+flag) or `TPJAX_TRACEBACK=1` shows the traceback too, for bug reports.
 
     if __name__ == "__main__":
       cli.run(main)
 """
 
 import os
+import signal
 import sys
 import textwrap
 from typing import Callable, Sequence
@@ -17,14 +20,31 @@ from typing import Callable, Sequence
 from absl import app
 from absl import flags
 
+from tpjax import errors
 from tpjax.data import glue
 
 # Set to 1 to get tracebacks for user errors as well.
 TRACEBACK_ENV = "TPJAX_TRACEBACK"
-USER_ERROR_EXIT_CODE = 1
+USER_ERROR_EXIT_CODE = 2
+RUN_FAILED_EXIT_CODE = 1
+INTERRUPTED_EXIT_CODE = 130
 
 # Errors of the user's inputs once flags are parsed: files and folders, data, values.
 _USER_ERRORS = (glue.GlueDataError, OSError, ValueError)
+
+
+def _interrupted_while_starting(signum, frame):
+  del signum, frame
+  print("Interrupted while starting; nothing was written.", file=sys.stderr)
+  raise SystemExit(INTERRUPTED_EXIT_CODE)
+
+
+# Entry points (`python -m tpjax.X`) import this module before their heavy imports;
+# Python's own Ctrl-C there would end the process by the signal (exit -2), not 130.
+# `run` puts the usual KeyboardInterrupt back once the tool starts.
+_MAIN_SPEC = getattr(sys.modules.get("__main__"), "__spec__", None)
+if _MAIN_SPEC is not None and _MAIN_SPEC.name.startswith("tpjax."):
+  signal.signal(signal.SIGINT, _interrupted_while_starting)
 
 
 def _verbosity_from_argv(argv: Sequence[str]) -> int:
@@ -82,17 +102,19 @@ def user_error_paragraph(program: str, err: BaseException, parsing: bool) -> str
   Returns:
     Text wrapped to 88 columns, ending with how to get the traceback.
   """
-  lead = "bad command line" if parsing else "error"
+  lead = ("bad command line" if parsing else
+          "stopped" if isinstance(err, errors.RunFailed) else "error")
   text = (f"{program}: {lead}: {_innermost_text(err)} (Add --verbosity=1 or set "
           f"{TRACEBACK_ENV}=1 to see the traceback.)")
   return textwrap.fill(text, width=88, break_on_hyphens=False, break_long_words=False)
 
 
 def run(main: Callable[[list[str]], None], program: str | None = None) -> None:
-  """`app.run(main)`, turning user errors into one paragraph and exit code 1.
+  """`app.run(main)`, turning user errors into one paragraph and exit code 2.
 
   Every exception raised while flags are parsed (a mistyped config override, a bad
-  value) is a user error; after that, data, file and value errors are.
+  value) is a user error; after that, data, file and value errors are. A
+  `errors.RunFailed` prints its paragraph and exits 1; Ctrl-C exits 130.
 
   Args:
     main: The absl main function.
@@ -101,11 +123,17 @@ def run(main: Callable[[list[str]], None], program: str | None = None) -> None:
   """
   program = program or os.path.basename(sys.argv[0])
   argv = list(sys.argv)
+  if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
   try:
     app.run(main)
+  except KeyboardInterrupt:
+    print(f"{program}: interrupted.", file=sys.stderr)
+    sys.exit(INTERRUPTED_EXIT_CODE)
   except Exception as err:  # pylint: disable=broad-except
     parsing = not flags.FLAGS.is_parsed()
-    if not (parsing or isinstance(err, _USER_ERRORS)) or wants_traceback(argv):
+    failed = isinstance(err, errors.RunFailed)
+    if not (parsing or failed or isinstance(err, _USER_ERRORS)) or wants_traceback(argv):
       raise
     print(user_error_paragraph(program, err, parsing), file=sys.stderr)
-    sys.exit(USER_ERROR_EXIT_CODE)
+    sys.exit(RUN_FAILED_EXIT_CODE if failed and not parsing else USER_ERROR_EXIT_CODE)

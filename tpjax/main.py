@@ -1,9 +1,15 @@
 """Command line: `python -m tpjax.main --config=configs/sst2.py [--workdir=DIR]`.
 
-The first lines printed say which data source and which model the run uses. User
-errors (no data, a bad config override, an unusable workdir) print one paragraph and
-exit with code 1; see tpjax/cli.py.
+The config is checked before any work (tpjax/config_checks.py), then against the
+stages already in the workdir (tpjax/fingerprint.py). The first lines printed say which
+data source and which model the run uses. User errors (no data, a bad config value, a
+workdir made with another config) print one paragraph and exit with code 2; a run
+that stops on a NaN or a damaged checkpoint exits 1; Ctrl-C exits 130. See
+tpjax/cli.py.
 """
+
+# cli first: it makes Ctrl-C during the slow imports below exit 130.
+from tpjax import cli  # pylint: disable=g-bad-import-order
 
 import os
 import sys
@@ -13,7 +19,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from tpjax import cli
+from tpjax import config_checks
 from tpjax import train
 from tpjax.data import glue
 from tpjax.models import pretrained
@@ -22,6 +28,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None,
                                "Output directory; default runs/<config file name>.")
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Delete the workdir's stages that were trained with another "
+    "config and train them again (without it, such a rerun refuses).")
 
 
 def describe_model(config) -> str:
@@ -59,6 +68,7 @@ def main(argv):
     raise FileNotFoundError(f"Config file {config_path!r} not found (run from the "
                             "checkout, e.g. --config=configs/sst2.py).")
   config = _CONFIG.value
+  config_checks.validate(config)
   workdir = _WORKDIR.value or os.path.join(
       "runs", os.path.splitext(os.path.basename(config_path))[0])
   _make_workdir(workdir)
@@ -73,7 +83,7 @@ def main(argv):
     logging.info("%s", line)
   logging.info("Config:\n%s", config)
   try:
-    summary = train.train_and_evaluate(config, workdir)
+    summary = train.train_and_evaluate(config, workdir, overwrite=_OVERWRITE.value)
   except train.Interrupted as e:
     print(e, file=sys.stderr)
     sys.exit(130)

@@ -36,8 +36,18 @@ def _caption(record: dict, text: bytes) -> str:
   return f"line {record['line']}: {text.decode('utf-8').strip()} -> {answer}"
 
 
+def check_flags(batch_size: int, chunk: int) -> None:
+  """Raises ValueError (a user error: one paragraph, exit 2) for unusable flag values."""
+  for name, value in (("batch_size", batch_size), ("chunk", chunk)):
+    if value < 1:
+      raise ValueError(f"--{name}={value} is not allowed (an integer of at least 1).")
+
+
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise ValueError(f"Unexpected arguments {argv[1:]}; pass the input file with "
+                     "--input=FILE.")
+  check_flags(_BATCH.value, _CHUNK.value)
   run = loading.load_run(_WORKDIR.value)
   predictor = predict.Predictor(run, _BATCH.value, prune=not _NO_PRUNE.value)
   source = sys.stdin.buffer if _INPUT.value == "-" else open(_INPUT.value, "rb")

@@ -28,6 +28,31 @@ def write_json(path: str, data: Mapping[str, Any]) -> None:
   os.replace(tmp, path)
 
 
+def drop_rows_after(directory: str, step: int) -> None:
+  """Keeps only the rows of `directory/metrics.jsonl` up to `step`.
+
+  A resumed stage redoes every step after its checkpoint, so the rows a killed run
+  wrote after it would otherwise appear twice; a last line cut short by the kill is
+  dropped as well.
+  """
+  path = os.path.join(directory, "metrics.jsonl")
+  if not os.path.exists(path):
+    return
+  kept = []
+  with open(path) as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+      except ValueError:
+        continue
+      if row.get("step", 0) <= step:
+        kept.append(line if line.endswith("\n") else line + "\n")
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.writelines(kept)
+  os.replace(tmp, path)
+
+
 class Reporter:
   """Appends metrics to `metrics.jsonl` and TensorBoard under `directory`."""
 

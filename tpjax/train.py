@@ -7,6 +7,7 @@ skipped on rerun and hands its best parameters to the next one.
 
 import dataclasses
 import functools
+import math
 import os
 import signal
 import time
@@ -22,6 +23,9 @@ import optax
 import tqdm
 
 from tpjax import checkpoints
+from tpjax import config_checks
+from tpjax import errors
+from tpjax import fingerprint
 from tpjax import metrics as metrics_lib
 from tpjax import parallel
 from tpjax import reporting
@@ -165,10 +169,19 @@ def predictions_from_logits(logits: np.ndarray, num_labels: int) -> np.ndarray:
   return logits[:, 0] if num_labels == 1 else np.argmax(logits, axis=-1)
 
 
+class NonFiniteError(errors.RunFailed):
+  """A loss, gradient norm or logit is NaN or infinite; nothing after it is kept."""
+
+
 def evaluate(p_eval: Callable, params: dict, data: batching.Encoded, task: str,
              config: ml_collections.ConfigDict, mesh, pad_id: int,
-             model_config: config_lib.EncoderConfig) -> dict[str, Any]:
-  """GLUE metrics and FLOPs over a split; every example counted exactly once."""
+             model_config: config_lib.EncoderConfig, where: str = "") -> dict[str, Any]:
+  """GLUE metrics and FLOPs over a split; every example counted exactly once.
+
+  Raises:
+    NonFiniteError: some logits are not finite (`where` names the model in the
+      message), so no metric of a broken model is ever reported.
+  """
   info = glue.TASKS[task]
   batch_size = parallel.global_batch_size(config.data.per_device_eval_batch_size, mesh)
   n = len(data) if config.data.max_eval_examples is None else min(
@@ -188,6 +201,10 @@ def evaluate(p_eval: Callable, params: dict, data: batching.Encoded, task: str,
     kept[rows] = out["kept"][real]
     lengths[rows] = out["length"][real]
   assert seen.all(), "an example was not evaluated"
+  bad = ~np.isfinite(logits).all(axis=-1)
+  if bad.any():
+    raise NonFiniteError(f"{where or 'Evaluation'}: {int(bad.sum())} of {n} examples get "
+                         "non-finite logits, so no metric is reported.")
   preds = predictions_from_logits(logits, info.num_labels)
   result = metrics_lib.glue_metrics(task, preds, data.labels[:n])
   result.update(flops_lib.summarize(lengths, kept, model_config, task))
@@ -221,6 +238,51 @@ class _StopRequest:
 
 class Interrupted(Exception):
   """Raised after a requested stop has been checkpointed."""
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+class _FiniteGuard:
+  """Stops training at the first non-finite loss or gradient norm.
+
+  A step's values are checked once the next step is queued (so the device never
+  waits for the host), and always before anything is logged, evaluated or saved:
+  no checkpoint is ever written from a state after a bad step.
+  """
+
+  def __init__(self, stage: str, ckpts: checkpoints.StageCheckpoints):
+    self.stage, self.ckpts = stage, ckpts
+    self.pending = None  # (step, {'loss', 'grad_norm'} device arrays) not yet checked
+
+  def check(self, params: Optional[Any] = None) -> None:
+    """Raises NonFiniteError for the pending step's loss or gradient norm, or for
+    `params` (checked before saving: a pruning gradient can poison them alone)."""
+    if self.pending is None:
+      return
+    step, values = self.pending
+    self.pending = None
+    values = {k: float(v) for k, v in parallel.to_host(values).items()}
+    if params is not None:
+      values["parameters"] = 0.0 if bool(_all_finite(params)) else math.nan
+    if all(math.isfinite(v) for v in values.values()):
+      return
+    last = self.ckpts.latest.latest_step()
+    where = (f"the last good checkpoint, {self.ckpts.directory}/latest/{last}, is kept "
+             "and a rerun resumes from it" if last is not None else
+             "this stage has no checkpoint yet")
+    bad_params = " and non-finite parameters" if values.get("parameters", 0) else ""
+    raise NonFiniteError(
+        f"Stage {self.stage}, step {step}: loss {values['loss']}, gradient norm "
+        f"{values['grad_norm']}{bad_params}. Training stopped and nothing was saved after the bad "
+        f"step; {where}. Try a lower config.stage_settings.{self.stage}.learning_rate "
+        "or check the data and config.data.max_length.")
+
+  def add(self, step: int, train_metrics: dict) -> None:
+    self.check()
+    self.pending = (step, {k: train_metrics[k] for k in ("loss", "grad_norm")})
 
 
 @dataclasses.dataclass
@@ -281,6 +343,7 @@ def run_stage(ctx: RunContext, stage: str, init_params: dict,
   config, mesh, model = ctx.config, ctx.mesh, ctx.model
   stage_dir = os.path.join(ctx.workdir, stage)
   os.makedirs(stage_dir, exist_ok=True)
+  fingerprint.write(stage_dir, config, stage, int(mesh.devices.size))
   settings = config.stage_settings[stage]
   if settings.handover not in ("best", "last"):
     raise ValueError(f"handover {settings.handover!r} is not 'best' or 'last'.")
@@ -304,6 +367,8 @@ def run_stage(ctx: RunContext, stage: str, init_params: dict,
   if restored is not None:
     state = restored
     logging.info("Resuming stage %s at step %d.", stage, int(state.step))
+  if is_main:  # rows after the resumed step are written again below
+    reporting.drop_rows_after(stage_dir, -1 if restored is None else int(state.step))
   state = parallel.replicate(state, mesh)
   if teacher is not None:  # its own buffers: the state's are donated every step
     teacher = parallel.replicate(jax.tree.map(jnp.copy, teacher), mesh)
@@ -316,9 +381,9 @@ def run_stage(ctx: RunContext, stage: str, init_params: dict,
   eval_stage = "hard" if stage == "soft" else stage
   p_eval = parallel.data_parallel_eval_step(
       functools.partial(eval_step, model=model, method=ctx.method, stage=eval_stage), mesh)
-  eval_fn = lambda params, split: evaluate(p_eval, params, ctx.eval_data[split], task,
-                                           config, mesh, ctx.tokenizer.pad_token_id,
-                                           model.config)
+  eval_fn = lambda params, split, step: evaluate(
+      p_eval, params, ctx.eval_data[split], task, config, mesh, ctx.tokenizer.pad_token_id,
+      model.config, where=f"Stage {stage}, step {step}, {split}")
   main_split = info.eval_splits[0]
   reporter = reporting.Reporter(stage_dir, enabled=is_main)
   base_rng = jax.random.PRNGKey(config.seed + 1)
@@ -328,7 +393,7 @@ def run_stage(ctx: RunContext, stage: str, init_params: dict,
   budget = flops_budget(settings, start_flops, config.train.flops_slack)
 
   def evaluate_and_keep_best(step):
-    result = eval_fn(state.params, main_split)
+    result = eval_fn(state.params, main_split, step)
     result.update(ctx.method.metrics(parallel.to_host(state.params["pruning"])))
     reporter.write(step, f"eval_{main_split}", result)
     score = selection_score(result[info.metric], result["relative_flops"], budget)
@@ -336,11 +401,12 @@ def run_stage(ctx: RunContext, stage: str, init_params: dict,
       logging.info("New best %s %.4f at step %d (relative FLOPs %.4f).", info.metric,
                    result[info.metric], step, result["relative_flops"])
 
-  if budget is not None and step == 0:
+  if budget is not None and step == 0 and restored is None:
     evaluate_and_keep_best(0)  # the starting point is a candidate within the budget
 
   bar = tqdm.tqdm(total=total_steps, initial=step, desc=stage, unit="step",
                   disable=not (is_main and config.train.progress_bar), dynamic_ncols=True)
+  guard = _FiniteGuard(stage, ckpts)
   try:
     with _StopRequest() as stop:
       while step < total_steps:
@@ -353,7 +419,13 @@ def run_stage(ctx: RunContext, stage: str, init_params: dict,
           state, train_metrics = p_train(state, parallel.shard_batch(batch, mesh),
                                          base_rng, teacher)
           step += 1
+          guard.add(step, train_metrics)
           bar.update(1)
+          must_check = (step % config.train.log_every_steps == 0 or step % eval_every == 0
+                        or step % config.train.checkpoint_every_steps == 0
+                        or step >= total_steps)
+          if must_check:
+            guard.check(state.params)
           if step % config.train.log_every_steps == 0 or step == total_steps:
             values = parallel.to_host(train_metrics)
             bar.set_postfix(loss=f"{float(values['loss']):.4f}")
@@ -363,6 +435,7 @@ def run_stage(ctx: RunContext, stage: str, init_params: dict,
           if step % config.train.checkpoint_every_steps == 0 or step == total_steps:
             ckpts.save_latest(step, state)
           if stop.requested:
+            guard.check(state.params)
             ckpts.save_latest(step, state)
             raise Interrupted(f"Stopped at step {step} of stage {stage}; rerun the same "
                               f"command to resume.")
@@ -375,7 +448,7 @@ def run_stage(ctx: RunContext, stage: str, init_params: dict,
   best = ckpts.restore_best(state) if settings.handover == "best" else None
   ckpts.close()
   handover = best.params if best is not None else state.params
-  dev = {split: eval_fn(handover, split) for split in info.eval_splits}
+  dev = {split: eval_fn(handover, split, step) for split in info.eval_splits}
   end_flops = dev[main_split]["relative_flops"]
   if budget is not None and end_flops > budget:
     logging.warning("Stage %s: no checkpoint within the FLOPs budget %.4f; handing over "
@@ -405,19 +478,31 @@ def load_split(config, tokenizer, split: str, limit: Optional[int]) -> batching.
   return batching.encode(tokenizer, examples)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs every stage of `config.stages` in `workdir`; writes summary.json."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       overwrite: bool = False) -> dict:
+  """Runs every stage of `config.stages` in `workdir`; writes summary.json.
+
+  The config is checked first (`config_checks`), then against what the workdir's
+  stages were made with (`fingerprint.check_workdir`; `overwrite` deletes differing
+  stages instead of refusing); config.json is written only after both pass.
+  """
+  for stage in config.stages:
+    if stage not in pruning_base.STAGES:
+      raise ValueError(f"Unknown stage {stage!r}; expected one of {pruning_base.STAGES}.")
+  config_checks.validate(config)
   os.makedirs(workdir, exist_ok=True)
   parallel.maybe_initialize_distributed(config.distributed)
+  config_checks.validate_devices(config, jax.device_count())
   start = time.time()
   info = glue.TASKS[config.task]
   mesh = parallel.make_mesh(config.num_devices)
-  rng = jax.random.PRNGKey(config.seed)
-  model, model_params, tokenizer = classifier.build(config, info.num_labels, rng)
   registry.complete_config(config)
-  method = registry.get_method(config.pruning, model.config)
   config.data.buckets = batching.normalize_buckets(config.data.buckets,
                                                    config.data.max_length)
+  fingerprint.check_workdir(config, workdir, int(mesh.devices.size), overwrite)
+  rng = jax.random.PRNGKey(config.seed)
+  model, model_params, tokenizer = classifier.build(config, info.num_labels, rng)
+  method = registry.get_method(config.pruning, model.config)
   train_data = load_split(config, tokenizer, "train", config.data.max_train_examples)
   eval_data = {s: load_split(config, tokenizer, s, config.data.max_eval_examples)
                for s in info.eval_splits}
@@ -436,8 +521,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   teacher = None
   start_flops = 1.0
   for stage in config.stages:
-    if stage not in pruning_base.STAGES:
-      raise ValueError(f"Unknown stage {stage!r}; expected one of {pruning_base.STAGES}.")
     if method.needs_teacher and stage != "finetune" and teacher is None:
       teacher = params["model"]  # the fine-tuned (or init_from) unpruned model
     params, stages[stage] = run_stage(ctx, stage, params,
@@ -450,7 +533,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
              "dev": last["dev"], "stages": stages,
              "wall_time_s": time.time() - start,
              "steps": sum(s["steps"] for s in stages.values()),
-             "devices": int(mesh.devices.size), "device_kind": jax.devices()[0].device_kind,
+             "devices": int(mesh.devices.size),
+             "global_batch": parallel.global_batch_size(config.data.per_device_batch_size,
+                                                        mesh),
+             "device_kind": jax.devices()[0].device_kind,
              "config": config.to_dict()}
   if jax.process_index() == 0:
     reporting.write_json(os.path.join(workdir, "summary.json"), summary)
@@ -459,7 +545,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _init_from(workdir: str, params: dict) -> dict:
   """Model parameters from the best checkpoint of another run's finetune stage."""
-  ckpts = checkpoints.StageCheckpoints(os.path.join(workdir, "finetune"))
+  ckpts = checkpoints.StageCheckpoints(os.path.join(workdir, "finetune"), read_only=True)
   restored = ckpts.restore_best()
   ckpts.close()
   if restored is None:

@@ -14,6 +14,7 @@ the TFDS label ids so that both sources agree.
 
 import csv
 import dataclasses
+import io
 import math
 import os
 
@@ -319,26 +320,42 @@ def _read_rows(path: str, task: str):
     task: Task name, for error messages.
 
   Yields:
-    1-based line number and the list of tab-separated fields.
+    1-based line number and the list of tab-separated fields; blank lines at the
+    end of the file are skipped (editors leave them).
 
   Raises:
     FileNotFoundError: If `path` does not exist.
-    ValueError: If the file is not valid UTF-8.
+    ValueError: If the file is not valid UTF-8 (the message names the line and the
+      byte offset), or has a blank line before its end.
   """
   if not os.path.isfile(path):
     raise FileNotFoundError(
         f"GLUE {task} file not found: {path!r}. Point the GLUE folder at a "
         "download_glue_data.py output.")
-  # utf-8-sig drops MRPC's byte-order mark; newline='' as the csv docs say.
-  with open(path, "r", encoding="utf-8-sig", newline="") as f:
-    # Quotes are ordinary characters in GLUE TSVs (e.g. `he said "hi`).
-    reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-    try:
-      for fields in reader:
-        yield reader.line_num, fields
-    except UnicodeDecodeError as err:
-      raise ValueError(f"{path}: not valid UTF-8 after line "
-                       f"{reader.line_num}: {err}") from err
+  with open(path, "rb") as f:
+    raw = f.read()
+  try:
+    # utf-8-sig drops MRPC's byte-order mark.
+    text = raw.decode("utf-8-sig")
+  except UnicodeDecodeError as err:
+    line = raw.count(b"\n", 0, err.start) + 1
+    column = err.start - (raw.rfind(b"\n", 0, err.start) + 1)
+    raise ValueError(f"{path}:{line}: not valid UTF-8: byte 0x{raw[err.start]:02x} at "
+                     f"byte offset {err.start} of the file (byte {column} of the line). "
+                     "Save the file as UTF-8.") from None
+  # Quotes are ordinary characters in GLUE TSVs (e.g. `he said "hi`); newline=''
+  # semantics as the csv docs say.
+  reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t",
+                      quoting=csv.QUOTE_NONE)
+  blank = None  # first line of a run of blank lines, reported only if text follows
+  for fields in reader:
+    if not any(field.strip() for field in fields):
+      blank = blank or reader.line_num
+      continue
+    if blank is not None:
+      raise ValueError(f"{path}:{blank}: blank line (no tab-separated columns) before "
+                       "the end of the file; only blank lines at the end are ignored.")
+    yield reader.line_num, fields
 
 
 def load_tsv(task: str, split: str, glue_dir: str) -> Examples:

@@ -56,7 +56,8 @@ def load_run(workdir: str, stage: Optional[str] = None,
     config.pruning.update(pruning_overrides)
   stages = [stage] if stage else list(reversed(config.stages))
   for name in stages:
-    ckpts = checkpoints.StageCheckpoints(os.path.join(workdir, name))
+    # read_only: prediction never writes inside a run.
+    ckpts = checkpoints.StageCheckpoints(os.path.join(workdir, name), read_only=True)
     raw = ckpts.restore_best()
     ckpts.close()
     if raw is not None:

@@ -38,7 +38,14 @@ def read_checkpoint(directory: str) -> dict[str, np.ndarray]:
   bin_path = os.path.join(directory, TORCH_BIN)
   if os.path.exists(st_path):
     from safetensors import numpy as st_numpy  # pylint: disable=g-import-not-at-top
-    tensors = st_numpy.load_file(st_path)
+    try:
+      tensors = st_numpy.load_file(st_path)
+    except Exception as e:  # pylint: disable=broad-except
+      # safetensors' own message ("incomplete metadata, file not fully covered")
+      # does not say which file.
+      raise WeightImportError(
+          f"{st_path} cannot be read ({type(e).__name__}: {e}); the file is probably "
+          "truncated or damaged. Download or copy it again.") from e
   elif os.path.exists(bin_path):
     try:
       import torch  # pylint: disable=g-import-not-at-top
@@ -46,7 +53,12 @@ def read_checkpoint(directory: str) -> dict[str, np.ndarray]:
       raise WeightImportError(
           f"{bin_path} needs torch to read; install torch or convert the checkpoint "
           f"to {SAFETENSORS}.") from e
-    state = torch.load(bin_path, map_location="cpu", weights_only=True)
+    try:
+      state = torch.load(bin_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pylint: disable=broad-except
+      raise WeightImportError(
+          f"{bin_path} cannot be read ({type(e).__name__}: {e}); the file is probably "
+          "truncated or damaged. Download or copy it again.") from e
     tensors = {k: v.float().numpy() if v.is_floating_point() else v.numpy()
                for k, v in state.items()}
   else:
@@ -158,6 +170,10 @@ def load_hf_model(directory: str, num_labels: Optional[int] = None,
   Returns:
     (EncoderModel, params).
   """
+  if num_labels is not None and (not isinstance(num_labels, int) or num_labels < 1):
+    raise WeightImportError(f"num_labels={num_labels!r} is not allowed (None for the "
+                            "bare encoder, 1 for a regression head, or the number of "
+                            "classes).")
   config_path = os.path.join(directory, "config.json")
   if not os.path.exists(config_path):
     raise WeightImportError(f"No config.json in {directory!r}.")

@@ -66,6 +66,12 @@ def load_pretrained(name_or_path: str = "minilm-l6", num_labels: Optional[int] =
     (EncoderModel, params, Tokenizer) for an encoder;
     (DecoderModel, params, DecoderTokenizer) for a decoder.
   """
+  if num_labels is not None and (not isinstance(num_labels, int) or num_labels < 1):
+    raise ValueError(f"num_labels={num_labels!r} is not allowed (None for the bare "
+                     "encoder, 1 for regression, or the number of classes).")
+  if not isinstance(max_length, int) or max_length < 2:
+    raise ValueError(f"max_length={max_length!r} is not allowed (an integer of at "
+                     "least 2).")
   directory = resolve(name_or_path)
   if decoder_weights.is_decoder_source(directory):
     return decoder_weights.load_pretrained_decoder(directory)
