@@ -18,6 +18,8 @@ position. (c) QA: an evaluation article's paragraphs around a question's answer 
 Articles are the evaluation half of squad_docs.split (never trained on), in file order:
 for length L the first `docs` of them with at least L + 128 tokens. QA questions: the
 first question of evenly spaced paragraphs, `qa_per_article` per article in order.
+Items run round-robin (document i of every length, then article i's questions), so
+that `--deadline` stops a run with every length and QA covered about equally.
 """
 
 import argparse
@@ -79,7 +81,20 @@ def main():
   parser.add_argument("--qa_length", type=int, default=1024)
   parser.add_argument("--systems", default="full,sdtp,recency")
   parser.add_argument("--out", default="benchmarks/results/sdtp_decoder_quality.json")
+  parser.add_argument("--deadline", type=float, default=0,
+                      help="unix time after which no new item starts (0: none)")
+  parser.add_argument("--summarize_only", action="store_true",
+                      help="recompute the summary of an existing (partial) --out file")
   args = parser.parse_args()
+  if args.summarize_only:
+    with open(args.out, encoding="utf-8") as f:
+      results = json.load(f)
+    results["keep"] = {int(k): v for k, v in results["keep"].items()}
+    results["summary"] = summarize(results, args.systems.split(","))
+    with open(args.out, "w", encoding="utf-8") as f:
+      json.dump(results, f, indent=1)
+    print(markdown(results["summary"], args.systems.split(",")))
+    return
 
   model, params, tokenizer = pretrained.load_pretrained(args.model)
   predictors, schedule, meta = sdtp_decoder.load_predictors(args.workdir, model.config)
@@ -106,11 +121,26 @@ def main():
       json.dump(results, f, indent=1)
 
   tokens = {a.title: tokenizer.encode(a.text) for a in evaluation}
-  start = time.time()
+  jobs = []  # (round, kind, payload): round-robin, so a deadline cut stays balanced
   for length, count in zip(map(int, args.lengths.split(",")), map(int, args.docs.split(","))):
     results["keep"][length] = sdtp_decoder.keep_fraction(model.config, schedule, length)
     docs = [a.title for a in evaluation if len(tokens[a.title]) >= length + args.continuation]
-    for title in docs[:count]:
+    jobs += [(i, "continuation", (length, title)) for i, title in enumerate(docs[:count])]
+  questions = qa_items(tokenizer, evaluation, args.qa_questions, args.qa_per_article,
+                       args.qa_length)
+  per_round = max(1, args.qa_per_article)
+  jobs += [(i // per_round, "qa", item) for i, item in enumerate(questions)]
+  jobs.sort(key=lambda job: (job[0], job[1] == "qa"))
+  pad_id = model.config.pad_token_id or 0
+  eos = model.config.eos_token_id
+  start = time.time()
+  for _, kind, payload in jobs:
+    if args.deadline and time.time() > args.deadline:
+      print("deadline reached: stopping; the summary covers the items done", flush=True)
+      results["stopped_at_deadline"] = True
+      break
+    if kind == "continuation":
+      length, title = payload
       ids = tokens[title]
       prompt = np.asarray([ids[:length]], np.int32)
       cont = np.asarray([ids[length:length + args.continuation]], np.int32)
@@ -127,41 +157,39 @@ def main():
         if name != "full":
           row[name]["agreement"] = float(np.mean(greedy == np.asarray(row["full"]["greedy"])))
       results["continuation"].append(row)
-      save()
       print(f"[{time.time() - start:6.0f}s] L={length} {title}: " + ", ".join(
           f"{n} loss {row[n]['loss']:.3f}" + (f" agree {row[n]['agreement']:.2f}"
                                               if n != "full" else "")
           for n in systems), flush=True)
-
-  pad_id = model.config.pad_token_id or 0
-  eos = model.config.eos_token_id
-  for title, q, ids in qa_items(tokenizer, evaluation, args.qa_questions,
-                                args.qa_per_article, args.qa_length):
-    # One padded length for every question, so all share compiled shapes.
-    prompt, valid = _pad(ids, args.qa_length, pad_id)
-    row = {"title": title, "question": q.question, "answers": list(q.answers),
-           "prompt_tokens": len(ids)}
-    for name in systems:
-      engine = engines[name]
-      result = engine.prefill(prompt, valid, size_slots_for=args.qa_length)
-      out = engine.greedy(result, 32, eos=eos)[0].tolist()
-      out = out[:out.index(eos)] if eos in out else out
-      answer = tokenizer.decode(out).strip()
-      row[name] = {"answer": answer, "f1": squad_docs.f1(answer, q.answers)}
-    results["qa"].append(row)
+    else:
+      title, q, ids = payload
+      # One padded length for every question, so all share compiled shapes.
+      prompt, valid = _pad(ids, args.qa_length, pad_id)
+      row = {"title": title, "question": q.question, "answers": list(q.answers),
+             "prompt_tokens": len(ids)}
+      for name in systems:
+        engine = engines[name]
+        result = engine.prefill(prompt, valid, size_slots_for=args.qa_length)
+        out = engine.greedy(result, 32, eos=eos)[0].tolist()
+        out = out[:out.index(eos)] if eos in out else out
+        answer = tokenizer.decode(out).strip()
+        row[name] = {"answer": answer, "f1": squad_docs.f1(answer, q.answers)}
+      results["qa"].append(row)
+      print(f"[{time.time() - start:6.0f}s] QA {title}: " + ", ".join(
+          f"{n} F1 {row[n]['f1']:.2f}" for n in systems), flush=True)
     save()
-    print(f"[{time.time() - start:6.0f}s] QA {title}: " + ", ".join(
-        f"{n} F1 {row[n]['f1']:.2f}" for n in systems), flush=True)
 
   results["summary"] = summarize(results, systems)
   save()
   print(json.dumps(results["summary"], indent=1))
+  print(markdown(results["summary"], systems))
 
 
 def summarize(results, systems) -> dict:
   """Means per length and system; relative loss change and F1 difference vs full."""
   out = {}
   lengths = sorted({r["length"] for r in results["continuation"]})
+  results["keep"] = {int(k): v for k, v in results["keep"].items()}
   for length in lengths:
     rows = [r for r in results["continuation"] if r["length"] == length]
     entry = {"docs": len(rows), **results["keep"][length]}
@@ -181,6 +209,29 @@ def summarize(results, systems) -> dict:
       qa[f"{name}_f1"] = 100 * float(np.mean([r[name]["f1"] for r in results["qa"]]))
     out["qa"] = qa
   return out
+
+
+def markdown(summary: dict, systems) -> str:
+  """README tables from a summary."""
+  pruned = systems[1:]
+  head = (["prompt tokens", "docs", "kept at last stage / token-layers / MACs", "full loss"]
+          + [f"{n} loss (change)" for n in pruned] + [f"{n} greedy agreement" for n in pruned])
+  lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+  for length, e in summary.items():
+    if length == "qa":
+      continue
+    cells = [length, str(e["docs"]), f"{e['final_kept']:.3f} / {e['token_layers_kept']:.3f} / "
+             f"{e['relative_macs']:.3f}", f"{e['full_loss']:.3f}"]
+    cells += [f"{e[n]['loss']:.3f} ({100 * e[n]['loss_change']:+.1f}%)" for n in pruned]
+    cells += [f"{e[n]['agreement']:.3f}" for n in pruned]
+    lines.append("| " + " | ".join(cells) + " |")
+  if "qa" in summary:
+    qa = summary["qa"]
+    lines += ["", "| QA questions | mean prompt tokens | " + " | ".join(
+        f"{n} F1" for n in systems) + " |", "|" + " --- |" * (2 + len(systems)),
+              f"| {qa['questions']} | {qa['mean_prompt_tokens']:.0f} | " + " | ".join(
+                  f"{qa[n + '_f1']:.1f}" for n in systems) + " |"]
+  return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -170,6 +170,8 @@ def main():
   parser.add_argument("--rounds", type=int, default=10)
   parser.add_argument("--rounds_at", default="", help="fewer rounds at some lengths, "
                       "e.g. 4096:5")
+  parser.add_argument("--deadline", type=float, default=0,
+                      help="unix time after which no new round starts (0: none)")
   parser.add_argument("--out", default="benchmarks/results/sdtp_decoder_speed.json")
   args = parser.parse_args()
   if args.worker:
@@ -198,6 +200,9 @@ def main():
                (item.split(":") for item in args.rounds_at.split(",") if item)}
   rounds = []
   for r in range(args.rounds):
+    if r and args.deadline and time.time() > args.deadline:
+      print(f"deadline reached after {r} rounds", flush=True)
+      break
     order = names if r % 2 == 0 else names[::-1]
     record = {"order": order, "load_average": os.getloadavg()[0], "prefill": {}}
     for length in lengths:
@@ -239,6 +244,26 @@ def main():
   print(json.dumps(summary, indent=1))
   with open(args.out, "w", encoding="utf-8") as f:
     json.dump(result, f, indent=1)
+  print(markdown(summary))
+
+
+def markdown(summary: dict) -> str:
+  """The README table from a summary."""
+  head = ["prompt tokens", "prefill MACs reduction", "full TTFT (s)", "SDTP TTFT (s)",
+          "speedup, per round", "speedup / MACs reduction", "KV cache full / SDTP (MiB)",
+          "peak RSS increase full / SDTP (MiB)", "rounds"]
+  lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+  for length, e in summary.items():
+    sp = e["speedup_full_over_sdtp"]
+    lines.append("| " + " | ".join([
+        length, f"{e['flops_reduction']:.2f}x", f"{e['full']['ttft_seconds']['median']:.2f}",
+        f"{e['sdtp']['ttft_seconds']['median']:.2f}",
+        f"**{sp['median']:.2f}x** [{sp['min']:.2f}, {sp['max']:.2f}]",
+        f"{e['speedup_over_flops_reduction']:.2f}",
+        f"{e['full']['kv_valid_mib']:.1f} / {e['sdtp']['kv_valid_mib']:.1f}",
+        f"{e['full']['peak_rss_increase_mib']['median']:.0f} / "
+        f"{e['sdtp']['peak_rss_increase_mib']['median']:.0f}", str(sp["n"])]) + " |")
+  return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def get_config():
   config.saliency.target_last = 0.25
 
   config.train = ml_collections.ConfigDict()
-  config.train.steps = 300
+  config.train.steps = 150
   config.train.batch_size = 8            # windows per step
   config.train.learning_rate = 1e-3
   config.train.mse_weight = 1.0

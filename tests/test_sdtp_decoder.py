@@ -166,3 +166,28 @@ def test_squad_split_and_f1(tmp_path):
   assert len(context.split()) <= 300
   with pytest.raises(FileNotFoundError, match="SQuAD"):
     squad_docs.load_articles(str(tmp_path / "missing.json"))
+
+
+def test_decoder_saliency_probe_matches_finite_difference(tiny):
+  """Gradient times input at the pruning layers of the tiny decoder (through
+  sdtp.saliency_targets) equals a finite-difference estimate: scaling one token's
+  hidden state entering a pruning layer by (1 + eps) changes T by eps * saliency."""
+  from tpjax.pruning import sdtp  # pylint: disable=g-import-not-at-top
+  _, params, _ = tiny
+  ids = jnp.asarray([PROMPTS[0][:32]])
+  weights = jnp.zeros((1, 31)).at[:, -8:].set(1.0)
+  target_fn = sdtp_decoder.probe_target_fn(TINY, params, ids, SCHEDULE.layers, weights)
+  shapes = [(1, 32, TINY.hidden_size)] * 2
+  targets, value = sdtp.saliency_targets(target_fn, shapes, "raw")
+  zeros = tuple(jnp.zeros(s) for s in shapes)
+  _, hiddens = target_fn(zeros)
+  eps = 1e-2
+  for stage in (0, 1):
+    token = int(np.argmax(np.abs(np.asarray(targets[stage][0, :24]))))  # most salient
+    def shifted(scale):
+      probes = list(zeros)
+      probes[stage] = probes[stage].at[0, token].set(scale * hiddens[stage][0, token])
+      return float(target_fn(tuple(probes))[0])
+    fd = (shifted(eps) - shifted(-eps)) / (2 * eps)  # central difference
+    assert abs(float(targets[stage][0, token])) > 1e-4
+    np.testing.assert_allclose(float(targets[stage][0, token]), fd, rtol=2e-2, atol=2e-5)
