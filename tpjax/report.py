@@ -20,6 +20,8 @@ import os
 import re
 import sys
 
+import numpy as np
+
 from absl import flags
 
 from tpjax import cli
@@ -74,15 +76,32 @@ def sweep_table(data: dict) -> str:
                  "dev accuracy", "relative FLOPs", "tokens kept per layer"], rows)
 
 
+def _round_ratio(data: dict, name: str) -> str:
+  """Unpruned time / this system's time per paired round: median [quartiles]."""
+  order = (data.get("orders") or [None])[0]
+  base = data["systems"].get("unpruned", {}).get(order, {}).get("rounds_s")
+  mine = data["systems"][name].get(order, {}).get("rounds_s")
+  if not base or not mine:
+    return "-"
+  r = np.asarray(base) / np.asarray(mine)
+  return (f"{np.median(r):.2f}x [{np.percentile(r, 25):.2f}-"
+          f"{np.percentile(r, 75):.2f}]")
+
+
 def inference_table(data: dict) -> str:
   """Throughput and latency of every system of one benchmark."""
   rows = []
+  paired = "orders" in data  # benchmarks with paired rounds (issue 12)
   for name, r in data["systems"].items():
-    rows.append([results.system_name(name, data), f"{r['examples_per_s']:.1f}",
-                 f"{r['tokens_per_s']:.0f}",
-                 f"{r['latency_p50_ms']:.2f} / {r['latency_p99_ms']:.2f}"])
-  return _table([results.describe_inference(data), "examples/s", "tokens/s",
-                 "p50 / p99 latency (ms)"], rows)
+    row = [results.system_name(name, data), f"{r['examples_per_s']:.1f}",
+           f"{r['tokens_per_s']:.0f}"]
+    if paired:
+      row.append(_round_ratio(data, name))
+    rows.append(row + [f"{r['latency_p50_ms']:.2f} / {r['latency_p99_ms']:.2f}"])
+  header = [results.describe_inference(data), "examples/s", "tokens/s"]
+  if paired:
+    header.append(f"speed vs unpruned, per round, median [IQR] of {data['rounds']}")
+  return _table(header + ["p50 / p99 latency (ms)"], rows)
 
 
 def table_for(name: str, data: dict) -> str:

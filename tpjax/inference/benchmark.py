@@ -1,27 +1,42 @@
-"""Is pruned inference really faster? (behind `python -m tpjax.benchmark`)
+"""Is pruned inference really faster, and than what? (behind `python -m tpjax.benchmark`)
 
-Measures, in one process on the same dev examples, with timed rounds interleaved
-between systems (so machine noise hits all of them alike) and the median reported:
-  pruned        the trained method through the compaction engine
-  unpruned      the same weights, no pruning, through the same bucketing
-  keep_all      the compaction path with a pruning rule that keeps every token
-  padded        no pruning, every batch padded to max_length (the references' setting)
-  hf_pytorch    Hugging Face PyTorch on the same weights and threads (if installed),
-                dynamic padding in dataset order
-Throughput at --batch_size (examples/s and real tokens/s) and latency at batch 1
-(p50/p99) go to a JSON file under benchmarks/results/.
+Systems, all on the same weights and the same batches:
+  pruned       the trained method through the packed engine (tpjax.inference.engine)
+  unpruned     the same engine without keep decisions
+  keep_all     the engine with a pruning rule that keeps every token (its overhead)
+  hf_pytorch   Hugging Face PyTorch eager, in its own process
+  onnxruntime  ONNX Runtime with its BERT fusions, in its own process
+
+Fairness rules (issue 12):
+  * Same batches: the same examples in the same order, for every system. `sorted`:
+    length-sorted then cut into batches; `dataset`: dataset order. Peers get each
+    batch padded to its longest example; tpjax pads it to the smallest input bucket
+    that holds it (more padding, which its packing removes from the dense work) and
+    fills a partial last batch with empty rows.
+  * Paired rounds: in every round each system runs every batch once, one system at a
+    time (peers wait on a pipe while tpjax is timed, and the reverse); the order of
+    systems flips every round. Ratios are computed per round and reported as median
+    and interquartile range over the rounds.
+  * Same thread count: JAX uses every core of the machine; the peers are given the
+    same number of intra-op threads.
+Batch-1 latency runs the first `latency_examples` dev examples one at a time, inside
+each round too, and pools the per-example times over rounds for p50/p99.
 """
 
+import json
 import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 from typing import Callable, Optional, Sequence
 
 from absl import logging
 import jax
 import numpy as np
+import tqdm
 
-from tpjax import train
 from tpjax.data import batching
 from tpjax.data import glue
 from tpjax.inference import engine as engine_lib
@@ -30,194 +45,354 @@ from tpjax.models import hf_weights
 from tpjax.pruning import flops as flops_lib
 from tpjax.pruning import registry
 
+TPJAX_SYSTEMS = ("pruned", "unpruned", "keep_all")
+PEER_SYSTEMS = ("hf_pytorch", "onnxruntime")
+SYSTEMS = TPJAX_SYSTEMS + PEER_SYSTEMS
+ORDERS = ("sorted", "dataset")
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# Seconds of quiet between systems: lets the previous system's worker threads stop
+# spinning before the next one is timed.
+SETTLE_S = 0.2
+
+
+def validate(workdir: Optional[str], systems: Sequence[str], rounds: int,
+             batch_size: int, latency_examples: int, orders: Sequence[str]) -> None:
+  """Raises ValueError, in one sentence, for flags that cannot make a benchmark."""
+  if not workdir or not os.path.isdir(workdir):
+    raise ValueError(f"--workdir {workdir!r} is not a directory; give a trained tpjax run.")
+  unknown = [s for s in systems if s not in SYSTEMS]
+  if unknown or not systems:
+    raise ValueError(f"Unknown or no systems {unknown or list(systems)}; choose from "
+                     f"{', '.join(SYSTEMS)}.")
+  if rounds < 1:
+    raise ValueError(f"--rounds must be at least 1 (got {rounds}).")
+  if batch_size < 1:
+    raise ValueError(f"--batch_size must be at least 1 (got {batch_size}).")
+  if latency_examples < 0:
+    raise ValueError(f"--latency_examples must be 0 or more (got {latency_examples}).")
+  bad = [o for o in orders if o not in ORDERS]
+  if bad or not orders:
+    raise ValueError(f"Unknown or no batch orders {bad or list(orders)}; choose from "
+                     f"{', '.join(ORDERS)}.")
+
+
+def batch_indices(lengths: np.ndarray, batch_size: int, order: str) -> list[np.ndarray]:
+  """Example indices of each batch: length-sorted (stable) or dataset order."""
+  index = (np.argsort(lengths, kind="stable") if order == "sorted"
+           else np.arange(len(lengths)))
+  return [index[i:i + batch_size] for i in range(0, len(index), batch_size)]
+
+
+def padded_batch(data: batching.Encoded, idx: np.ndarray, rows: int, length: int,
+                 pad_id: int) -> dict[str, np.ndarray]:
+  """The examples `idx` padded to [rows, length] (extra rows empty)."""
+  batch = batching.make_batch(data, idx, rows, length, pad_id)
+  return {k: batch[k] for k in INPUTS + ("index",)}
+
+
+class Peer:
+  """One peer system in its own process, driven over a pipe (tpjax.inference.peers)."""
+
+  def __init__(self, system: str, model_dir: str, batches_path: str, threads: int):
+    self.system = system
+    cmd = [sys.executable, "-m", "tpjax.inference.peers", f"--system={system}",
+           f"--model_dir={model_dir}", f"--batches={batches_path}", f"--threads={threads}"]
+    self.log = open(os.path.join(model_dir, f"{system}.log"), "w")
+    # Passive OpenMP waits (as in benchmarks/decoder_speed.py): a spinning worker
+    # thread on a shared machine would cost the peer far more than it costs tpjax.
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=self.log, text=True, env=env)
+    self.ask_ready()
+
+  def ask_ready(self) -> None:
+    line = self.proc.stdout.readline()
+    if not line:
+      self.proc.wait()
+      with open(self.log.name) as f:
+        tail = f.read()[-2000:]
+      raise RuntimeError(f"{self.system} peer failed to start:\n{tail}")
+
+  def ask(self, **cmd) -> dict:
+    self.proc.stdin.write(json.dumps(cmd) + "\n")
+    self.proc.stdin.flush()
+    line = self.proc.stdout.readline()
+    if not line:
+      raise RuntimeError(f"{self.system} peer exited; see {self.log.name}")
+    return json.loads(line)
+
+  def close(self) -> None:
+    if self.proc.poll() is None:
+      self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+      self.proc.stdin.flush()
+      self.proc.wait(timeout=60)
+    self.log.close()
+
+
+def _hf_config(run: loading.TrainedRun):
+  import transformers  # pylint: disable=g-import-not-at-top
+  cfg = run.model.config
+  kind = {"bert": transformers.BertConfig, "roberta": transformers.RobertaConfig}
+  return kind[cfg.model_type](
+      **{k: v for k, v in cfg.to_dict().items() if k != "model_type"},
+      num_labels=run.model.num_labels)
+
+
+def write_hf_model(run: loading.TrainedRun, folder: str) -> None:
+  """The run's weights as a Hugging Face *ForSequenceClassification folder."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  config = _hf_config(run)
+  cls = {"bert": transformers.BertForSequenceClassification,
+         "roberta": transformers.RobertaForSequenceClassification}[config.model_type]
+  model = cls(config).eval()
+  state = {k: torch.from_numpy(np.array(v)) for k, v in
+           hf_weights.export_state_dict(run.params["model"], config.model_type).items()}
+  missing, unexpected = model.load_state_dict(state, strict=False)
+  missing = [k for k in missing if not k.endswith("position_ids")]
+  if missing or unexpected:
+    raise ValueError(f"PyTorch copy does not fit: missing {missing}, unexpected {unexpected}")
+  model.save_pretrained(folder)
+
+
+def _paired(numerator: list[float], denominator: list[float]) -> dict[str, float]:
+  """Median and interquartile range of per-round ratios numerator / denominator."""
+  r = np.asarray(numerator) / np.asarray(denominator)
+  return {"median": float(np.median(r)), "q25": float(np.percentile(r, 25)),
+          "q75": float(np.percentile(r, 75)), "min": float(r.min()), "max": float(r.max())}
+
+
 def _time(fn: Callable[[], object]) -> float:
   start = time.perf_counter()
   fn()
   return time.perf_counter() - start
 
 
-def _engine_pass(engine: engine_lib.Engine, batches: list[dict]) -> Callable[[], None]:
-  def run():
-    for batch in batches:
-      engine(batch)
-  return run
-
-
-def _hf_model(run: loading.TrainedRun):
-  """The same weights in transformers' PyTorch *ForSequenceClassification."""
-  import torch  # pylint: disable=g-import-not-at-top
-  import transformers  # pylint: disable=g-import-not-at-top
-  cfg = run.model.config
-  kind = {"bert": (transformers.BertConfig, transformers.BertForSequenceClassification),
-          "roberta": (transformers.RobertaConfig,
-                      transformers.RobertaForSequenceClassification)}[cfg.model_type]
-  hf_config = kind[0](**{k: v for k, v in cfg.to_dict().items() if k != "model_type"},
-                      num_labels=run.model.num_labels)
-  model = kind[1](hf_config).eval()
-  state = {k: torch.from_numpy(np.array(v)) for k, v in
-           hf_weights.export_state_dict(run.params["model"], cfg.model_type).items()}
-  missing, unexpected = model.load_state_dict(state, strict=False)
-  missing = [k for k in missing if not k.endswith("position_ids")]
-  if missing or unexpected:
-    raise ValueError(f"PyTorch copy does not fit: missing {missing}, unexpected {unexpected}")
-  return model
-
-
-def _hf_batches(data: batching.Encoded, n: int, batch_size: int, pad_id: int):
-  """Dataset order, each batch padded to its own longest example (HF's default)."""
-  out = []
-  for start in range(0, n, batch_size):
-    idx = np.arange(start, min(start + batch_size, n))
-    length = int(data.lengths[idx].max())
-    out.append(batching.make_batch(data, idx, len(idx), length, pad_id))
-  return out
-
-
-def _hf_pass(model, batches: list[dict]) -> Callable[[], None]:
-  import torch  # pylint: disable=g-import-not-at-top
-
-  tensors = [{k: torch.from_numpy(b[k]).long()
-              for k in ("input_ids", "attention_mask", "token_type_ids")} for b in batches]
-
-  def run():
-    with torch.inference_mode():
-      for t in tensors:
-        model(**t)
-  return run
-
-
-def _percentiles(times: list[float]) -> dict[str, float]:
-  ms = np.asarray(times) * 1000
-  return {"latency_p50_ms": float(np.percentile(ms, 50)),
-          "latency_p99_ms": float(np.percentile(ms, 99))}
-
-
 def benchmark(workdir: str, task: Optional[str], split: Optional[str], batch_size: int,
               rounds: int, latency_examples: int, max_examples: Optional[int],
-              systems: list[str], buckets: Optional[Sequence[int]] = None) -> dict:
-  """Runs every system; returns the result dict (also what is written as JSON).
-
-  `buckets` overrides the run's bucket lengths for the engines (finer buckets cost
-  more compiled segments and let compaction follow the kept counts more closely).
-  Engine batches are length-sorted within each bucket, for every engine alike.
-  """
+              systems: Sequence[str], buckets: Optional[Sequence[int]] = None,
+              orders: Sequence[str] = ("sorted",), threads: Optional[int] = None,
+              progress: bool = True) -> dict:
+  """Runs every system in paired rounds; returns the result dict (written as JSON)."""
+  validate(workdir, systems, rounds, batch_size, latency_examples, orders)
+  load_start = os.getloadavg()
+  threads = threads or os.cpu_count()
   run = loading.load_run(workdir)
   config = run.config
   task = task or config.task
-  info = glue.TASKS[task]
-  split = split or info.eval_splits[0]
+  if task not in glue.TASKS:
+    raise ValueError(f"Unknown task {task!r}; choose from {', '.join(glue.TASKS)}.")
+  split = split or glue.TASKS[task].eval_splits[0]
   buckets = batching.normalize_buckets(buckets or config.data.buckets,
                                        config.data.max_length)
   config.task = task
+  from tpjax import train  # pylint: disable=g-import-not-at-top  (data loading only)
   data = train.load_split(config, run.tokenizer, split, max_examples)
-  n = len(data)
-  pad = run.tokenizer.pad_token_id
-  real_tokens = int(data.lengths.sum())
+  n, pad = len(data), run.tokenizer.pad_token_id
+  lengths = data.lengths
+  real_tokens = int(lengths.sum())
 
+  # ---------------------------------------------------------------- the systems
   keep_all_cfg = config.pruning.copy_and_resolve_references()
   keep_all_cfg.update({"method": "threshold", "final_threshold": -1.0})
-  engines = {
-      "pruned": engine_lib.Engine(run.model, run.params,
-                                  run.method if run.prune_stage == "hard" else None,
-                                  buckets),
-      "unpruned": engine_lib.Engine(run.model, run.params, None, buckets),
-      "keep_all": engine_lib.Engine(run.model, {"model": run.params["model"], "pruning": {}},
-                                    registry.get_method(keep_all_cfg, run.model.config),
-                                    buckets),
-      "padded": engine_lib.Engine(run.model, run.params, None, (config.data.max_length,)),
+  makers = {
+      "pruned": lambda: engine_lib.Engine(
+          run.model, run.params, run.method if run.prune_stage == "hard" else None,
+          buckets),
+      "unpruned": lambda: engine_lib.Engine(run.model, run.params, None, buckets),
+      "keep_all": lambda: engine_lib.Engine(
+          run.model, {"model": run.params["model"], "pruning": {}},
+          registry.get_method(keep_all_cfg, run.model.config), buckets),
   }
-  engines = {k: v for k, v in engines.items() if k in systems}
-  throughput_batches = {
-      name: list(batching.eval_batches(data, e.buckets, batch_size, pad,
-                                       sort_by_length=True))
-      for name, e in engines.items()}
+  engines = {k: makers[k]() for k in TPJAX_SYSTEMS if k in systems}
+
+  # ----------------------------------------------------------------- batches
   lat_n = min(latency_examples, n)
-  single_batches = {
-      name: [batching.make_batch(data, [i], 1, e.bucket_for(int(data.lengths[i])), pad)
-             for i in range(lat_n)] for name, e in engines.items()}
-  passes = {}
+  groups = {order: batch_indices(lengths, batch_size, order) for order in orders}
+  tpjax_batches = {
+      order: [padded_batch(data, idx, batch_size, engine_lib_bucket(buckets, lengths[idx]),
+                           pad) for idx in g] for order, g in groups.items()}
+  tpjax_single = [padded_batch(data, [i], 1, engine_lib_bucket(buckets, lengths[[i]]), pad)
+                  for i in range(lat_n)]
+  peer_batches = {order: [padded_batch(data, idx, len(idx), int(lengths[idx].max()), pad)
+                          for idx in g] for order, g in groups.items()}
+  peer_batches["latency"] = [padded_batch(data, [i], 1, int(lengths[i]), pad)
+                             for i in range(lat_n)]
+
+  # ------------------------------------------------- warm-up (compiles), FLOPs
   kept = np.zeros((n, run.model.config.num_hidden_layers), np.int32)
+  compile_info = {}
   for name, engine in engines.items():
-    # Warm-up: one untimed pass over exactly the batches timed below compiles every
-    # segment shape they need (Engine.warm_up would compile all bucket pairs); the
-    # pruned engine's pass also records the tokens it keeps, for FLOPs.
-    for batch in throughput_batches[name]:
-      out = engine(batch)
-      if name == "pruned":
-        real = batch["index"] >= 0
-        kept[batch["index"][real]] = out["kept"][real]
-    _engine_pass(engine, single_batches[name])()
-    passes[name] = _engine_pass(engine, throughput_batches[name])
+    start = time.perf_counter()
+    for order in orders:
+      for batch in tpjax_batches[order]:
+        out = engine(batch)
+        if name == "pruned":
+          real = batch["index"] >= 0
+          kept[batch["index"][real]] = out["kept"][real]
+    for batch in tpjax_single:
+      engine(batch)
+    compile_info[name] = {
+        "compiled_functions": engine.compiled_functions,
+        "warm_up_seconds": round(time.perf_counter() - start, 2),
+        "compile_seconds_total": round(sum(engine.compile_seconds.values()), 2)}
+  logging.info("Warm-up: %s", compile_info)
 
-  hf_model = None
-  if "hf_pytorch" in systems:
-    try:
-      import torch  # pylint: disable=g-import-not-at-top
-      torch.set_num_threads(os.cpu_count())
-      hf_model = _hf_model(run)
-      passes["hf_pytorch"] = _hf_pass(hf_model, _hf_batches(data, n, batch_size, pad))
-      passes["hf_pytorch"]()  # warm-up
-    except ImportError:
-      logging.warning("torch/transformers not installed: skipping hf_pytorch.")
+  peers, folder = {}, None
+  wanted_peers = [s for s in PEER_SYSTEMS if s in systems]
+  if wanted_peers:
+    folder = tempfile.mkdtemp(prefix="tpjax_peers_")
+    write_hf_model(run, folder)
+    path = os.path.join(folder, "batches.npz")
+    np.savez(path, **{f"{order}/{i}/{k}": b[k] for order, bs in peer_batches.items()
+                      for i, b in enumerate(bs) for k in INPUTS})
+    for name in wanted_peers:
+      peers[name] = Peer(name, folder, path, threads)  # one at a time: each warms up
 
-  timings = {name: [] for name in passes}
-  for r in range(rounds):
-    for name, fn in passes.items():
-      timings[name].append(_time(fn))
-    logging.info("Round %d: %s", r, {k: round(v[-1], 3) for k, v in timings.items()})
-
-  results = {}
-  for name, times in timings.items():
-    seconds = float(np.median(times))
-    results[name] = {"seconds": seconds, "examples_per_s": n / seconds,
-                     "tokens_per_s": real_tokens / seconds,
-                     "rounds_s": [round(t, 4) for t in times]}
-
-  # Latency at batch 1 on the first examples, alternating systems per example.
-  lat_times = {name: [] for name in passes}
-  hf_singles = _hf_batches(data, lat_n, 1, pad)
-  for i in range(lat_n):
+  # Logits of every system on the first sorted batch agree with tpjax unpruned.
+  agreement = {}
+  ref_engine = engines.get("unpruned") or next(iter(engines.values()), None)
+  if ref_engine is not None:
+    order = orders[0]
+    first = tpjax_batches[order][0]
+    rows = int((first["index"] >= 0).sum())
+    ref = ref_engine(first)["logits"][:rows]
+    for name, peer in peers.items():
+      theirs = np.asarray(peer.ask(cmd="logits", order=order, batch=0)["logits"])
+      agreement[f"{name}_max_abs_logit_diff_vs_unpruned"] = float(np.abs(theirs - ref).max())
     for name, engine in engines.items():
-      b = single_batches[name][i]
-      lat_times[name].append(_time(lambda e=engine, b=b: e(b)))
-    if hf_model is not None:
-      lat_times["hf_pytorch"].append(_time(_hf_pass(hf_model, [hf_singles[i]])))
-  for name, times in lat_times.items():
-    results[name].update(_percentiles(times))
+      agreement[f"{name}_max_abs_logit_diff_vs_unpruned"] = float(
+          np.abs(engine(first)["logits"][:rows] - ref).max())
 
-  # FLOPs and a correctness check of the PyTorch copy.
+  # --------------------------------------------------------------- timed rounds
+  def tpjax_pass(engine, batches):
+    for batch in batches:
+      engine(batch)
+
+  def tpjax_latency(engine):
+    times = []
+    for batch in tpjax_single:
+      times.append(_time(lambda: engine(batch)))
+    return times
+
+  names = list(engines) + list(peers)
+  seconds = {order: {s: [] for s in names} for order in orders}
+  latency = {s: [] for s in names}
+  bar = tqdm.trange(rounds, desc="paired rounds", disable=not progress)
+  for r in bar:
+    sequence = names if r % 2 == 0 else names[::-1]
+    for order in orders:
+      for name in sequence:
+        time.sleep(SETTLE_S)
+        if name in engines:
+          seconds[order][name].append(_time(lambda: tpjax_pass(engines[name],
+                                                               tpjax_batches[order])))
+        else:
+          seconds[order][name].append(peers[name].ask(cmd="throughput", order=order)
+                                      ["seconds"])
+    if lat_n:
+      for name in sequence:
+        time.sleep(SETTLE_S)
+        latency[name].append(tpjax_latency(engines[name]) if name in engines
+                             else peers[name].ask(cmd="latency")["seconds"])
+    bar.set_postfix({s: round(seconds[orders[0]][s][-1], 2) for s in names})
+  for peer in peers.values():
+    peer.close()
+
+  # --------------------------------------------------------------- results
+  results = {}
+  for name in names:
+    first = seconds[orders[0]][name]
+    # Top level: the first order's numbers (what tpjax.report tables and plots read).
+    entry = {"examples_per_s": n / float(np.median(first)),
+             "tokens_per_s": real_tokens / float(np.median(first))}
+    for order in orders:
+      t = seconds[order][name]
+      entry[order] = {"seconds_median": float(np.median(t)),
+                      "examples_per_s": n / float(np.median(t)),
+                      "tokens_per_s": real_tokens / float(np.median(t)),
+                      "rounds_s": [round(x, 4) for x in t]}
+    if lat_n:
+      ms = np.asarray(latency[name]) * 1000  # [rounds, examples]
+      entry["latency_p50_ms"] = float(np.percentile(ms, 50))
+      entry["latency_p99_ms"] = float(np.percentile(ms, 99))
+      entry["latency_round_p50_ms"] = [round(float(np.median(x)), 3) for x in ms]
+      entry["latency_round_p99_ms"] = [round(float(np.percentile(x, 99)), 3) for x in ms]
+    results[name] = entry
+
   summary = {}
   if "pruned" in engines:
-    summary = flops_lib.summarize(data.lengths, kept, run.model.config, task)
-  if hf_model is not None and "unpruned" in engines:
-    import torch  # pylint: disable=g-import-not-at-top
-    b = _hf_batches(data, min(n, 64), 64, pad)[0]
-    with torch.inference_mode():
-      theirs = hf_model(**{k: torch.from_numpy(b[k]).long() for k in
-                           ("input_ids", "attention_mask", "token_type_ids")}).logits.numpy()
-    ours = engines["unpruned"](b)["logits"]
-    summary["hf_max_abs_logit_diff"] = float(np.abs(theirs - ours).max())
+    summary = flops_lib.summarize(lengths, kept, run.model.config, task)
 
   ratios = {}
-  if "pruned" in results and "unpruned" in results:
-    speedup = results["unpruned"]["seconds"] / results["pruned"]["seconds"]
-    reduction = 1.0 / summary["relative_flops"]
-    ratios.update({"speedup_pruned_vs_unpruned": speedup, "flops_reduction": reduction,
-                   "speedup_over_flops_reduction": speedup / reduction})
-  if "keep_all" in results and "unpruned" in results:
-    ratios["keep_all_overhead"] = (results["keep_all"]["seconds"] /
-                                   results["unpruned"]["seconds"] - 1.0)
-  if "hf_pytorch" in results:
-    for name in ("pruned", "unpruned"):
-      if name in results:
-        ratios[f"{name}_vs_hf_pytorch"] = (results["hf_pytorch"]["seconds"] /
-                                           results[name]["seconds"])
+  for order in orders:
+    s = seconds[order]
+    r = {}
+    if "pruned" in s and "unpruned" in s:
+      r["speedup_pruned_vs_unpruned"] = _paired(s["unpruned"], s["pruned"])
+      reduction = 1.0 / summary["relative_flops"]
+      r["flops_reduction"] = reduction
+      r["speedup_over_flops_reduction"] = {
+          k: v / reduction for k, v in r["speedup_pruned_vs_unpruned"].items()}
+    if "keep_all" in s and "unpruned" in s:
+      r["keep_all_time_over_unpruned"] = _paired(s["keep_all"], s["unpruned"])
+    for peer in peers:
+      for name in ("pruned", "unpruned"):
+        if name in s:
+          r[f"{name}_speedup_vs_{peer}"] = _paired(s[peer], s[name])
+    ratios[order] = r
+  if lat_n:
+    lat = {}
+    for name in names:
+      lat[name] = {"p50_ms": results[name]["latency_p50_ms"],
+                   "p99_ms": results[name]["latency_p99_ms"]}
+    if "pruned" in latency and "unpruned" in latency:
+      lat["pruned_over_unpruned_p50_per_round"] = _paired(
+          results["pruned"]["latency_round_p50_ms"],
+          results["unpruned"]["latency_round_p50_ms"])
+      lat["pruned_over_unpruned_p99_per_round"] = _paired(
+          results["pruned"]["latency_round_p99_ms"],
+          results["unpruned"]["latency_round_p99_ms"])
+    if "pruned" in latency and "onnxruntime" in latency:
+      lat["pruned_over_onnxruntime_p50_per_round"] = _paired(
+          results["pruned"]["latency_round_p50_ms"],
+          results["onnxruntime"]["latency_round_p50_ms"])
+    ratios["batch1"] = lat
+
+  versions = {"jax": jax.__version__, "python": platform.python_version()}
+  for module in ("torch", "transformers", "onnxruntime"):
+    if any(p in systems for p in PEER_SYSTEMS):
+      try:
+        versions[module] = __import__(module).__version__
+      except ImportError:
+        pass
   return {
       "workdir": workdir, "task": task, "split": split, "examples": n,
       "real_tokens": real_tokens, "batch_size": batch_size, "rounds": rounds,
-      "latency_examples": lat_n, "method": run.method.name, "stage": run.stage,
-      "buckets": list(buckets), "device": jax.devices()[0].device_kind,
-      "jax_devices": jax.device_count(), "cpu_count": os.cpu_count(),
-      "platform": platform.platform(), "systems": results, "ratios": ratios,
-      "pruning": summary,
+      "orders": list(orders), "latency_examples": lat_n, "method": run.method.name,
+      "stage": run.stage, "buckets": list(buckets), "threads": threads,
+      "peer_env": {"OMP_WAIT_POLICY": "PASSIVE"},
+      "padding": {
+          "peers": "each batch padded to its own longest example",
+          "tpjax": "each batch padded to the smallest input bucket holding its longest "
+                   "example, partial last batch filled with empty rows; packing keeps "
+                   "padding out of the dense work",
+          "padded_tokens_peers": {o: int(sum(len(i) * lengths[i].max() for i in g))
+                                  for o, g in groups.items()}},
+      "load_average": {"start": [round(x, 2) for x in load_start],
+                       "end": [round(x, 2) for x in os.getloadavg()]},
+      "device": jax.devices()[0].device_kind, "cpu_count": os.cpu_count(),
+      "processor": platform.processor() or platform.machine(),
+      "platform": platform.platform(), "versions": versions,
+      "compile": compile_info, "agreement": agreement,
+      "systems": results, "ratios": ratios, "pruning": summary,
   }
+
+
+def engine_lib_bucket(buckets: Sequence[int], lengths: np.ndarray) -> int:
+  """Smallest input bucket holding the longest of `lengths`."""
+  longest = int(np.max(lengths))
+  for b in buckets:
+    if b >= longest:
+      return b
+  raise ValueError(f"{longest} tokens exceed the largest bucket {buckets[-1]}.")

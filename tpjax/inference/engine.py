@@ -1,19 +1,32 @@
-"""Inference that removes pruned tokens for real (methods.md section 5).
+"""Inference that removes pruned tokens for real: one compiled call per batch shape.
 
-A batch enters at the smallest bucket length that holds its longest example. After
-each layer's attention and pruning decision, the kept tokens (original order, [CLS]
-first) are gathered into the smallest bucket that holds the batch's largest kept
-count, and that layer's FFN and every later layer run on the shorter array. Each
-segment is compiled once per (layer, bucket in, bucket out) and cached; `warm_up`
-compiles them all before anything is timed.
+Layout (docs/engine.md has the picture and the measurements behind it). A batch
+<int32>[B, S0] (right-padded, S0 an input bucket) runs through one jitted function:
 
-Without a pruning method the engine runs the whole encoder in one compiled call per
-bucket (the unpruned baseline through the same bucketing).
+  embed                                        rows   [B, S0, hidden]
+  pack the real tokens; QKV of layer 0         packed [chunks x C, hidden]
+  for every layer l:
+    attention scores, softmax, context         rows   [B, S0, heads, ...]
+    pack live tokens; output dense, LayerNorm  packed
+    the method's keep decision                 rows   (prune_fn's layout)
+    compaction: each row's kept tokens move to its front, in order
+    pack kept tokens; FFN of l, QKV of l + 1   packed
+  head on [CLS]
+
+Packed work runs in a `fori_loop` over chunks of C tokens whose trip count is the
+number of tokens being processed, so every dense matmul (QKV, output dense, FFN:
+all of a layer's weight FLOPs) is paid per kept token rounded up to C, not per row x
+longest row, and the loop count is decided on device: a batch costs one dispatch and
+one transfer back, and each input shape compiles once. Per-example work (attention
+scores, the keep decision) stays in the row layout the method's `prune_fn` expects.
+Without a method (or `prune=False`) the same function runs with no keep decision: the
+unpruned baseline gets the same packing of padding.
 """
 
-import functools
+import time
 from typing import Optional, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,22 +35,61 @@ from tpjax.models import encoder as encoder_lib
 from tpjax.pruning import base
 
 
-def compact(hidden: jax.Array, token_mask: jax.Array, positions: jax.Array,
-            length: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Moves live tokens to the front, in order, and cuts to `length`.
+def pack_indices(keep: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Where each kept token goes in the packed layout, and back.
+
+  Packed order is row-major over kept tokens, each row's in its original slot order.
 
   Args:
-    hidden: <float32>[batch, seq, hidden].
-    token_mask: <float32>[batch, seq], live > 0.
-    positions: <int32>[batch, seq] each slot's original token index.
-    length: the output length; must hold every row's live tokens.
+    keep: <bool>[B, S].
   Returns:
-    The same three arrays with seq = length.
+    source <int32>[B*S]: flat row-layout index of packed token p (p < total; later
+      entries point at some valid slot and are ignored);
+    dest <int32>[B, S]: packed index of row b's j-th kept token, B*S where j is past
+      the row's kept count (reads as zero with mode='fill');
+    total <int32>[]: kept tokens in the batch.
   """
-  order = jnp.argsort(token_mask <= 0, axis=-1, stable=True)[:, :length]
-  take = lambda x: jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)),
-                                       axis=1)
-  return take(hidden), take(token_mask), take(positions)
+  rows, seq = keep.shape
+  kept = jnp.sum(keep, axis=-1, dtype=jnp.int32)
+  end = jnp.cumsum(kept)
+  start = end - kept
+  order = jnp.argsort(~keep, axis=-1, stable=True)          # kept slots first
+  p = jnp.arange(rows * seq, dtype=jnp.int32)
+  row = jnp.minimum(jnp.sum(p[:, None] >= end[None, :], axis=1), rows - 1)
+  j = jnp.clip(p - start[row], 0, seq - 1)
+  source = row * seq + order[row, j]
+  slot = jnp.arange(seq, dtype=jnp.int32)[None, :]
+  dest = jnp.where(slot < kept[:, None], start[:, None] + slot, rows * seq)
+  return source, dest, end[-1]
+
+
+def _layer_norm(p: dict, x: jax.Array, eps: float) -> jax.Array:
+  return nn.LayerNorm(epsilon=eps).apply({"params": p}, x)
+
+
+def _dense(p: dict, x: jax.Array) -> jax.Array:
+  return x @ p["kernel"] + p["bias"]
+
+
+def fuse_layers(model_params: dict, num_layers: int) -> list[dict]:
+  """Per layer: {'qkv': fused [hidden, 3 hidden] dense, 'attn_out', 'attn_norm',
+  'ffn_in', 'ffn_out', 'ffn_norm'}; built once so no call concatenates weights."""
+  out = []
+  for i in range(num_layers):
+    p = model_params["encoder"]["layer"][str(i)]
+    att = p["attention"]["self"]
+    out.append({
+        "qkv": {"kernel": jnp.concatenate([att[n]["kernel"] for n in ("query", "key",
+                                                                      "value")], 1),
+                "bias": jnp.concatenate([att[n]["bias"] for n in ("query", "key",
+                                                                  "value")])},
+        "attn_out": p["attention"]["output"]["dense"],
+        "attn_norm": p["attention"]["output"]["LayerNorm"],
+        "ffn_in": p["intermediate"]["dense"],
+        "ffn_out": p["output"]["dense"],
+        "ffn_norm": p["output"]["LayerNorm"],
+    })
+  return out
 
 
 class Engine:
@@ -47,63 +99,137 @@ class Engine:
     model: the EncoderModel (with a head).
     params: {'model': ..., 'pruning': ...}.
     method: the pruning method; None or `base.Method()` disables pruning.
-    buckets: allowed sequence lengths, ascending; the last is the longest input.
+    buckets: allowed input lengths, ascending; the last is the longest input.
     prune: False runs the method-free path even if a method is given.
+    chunk: packed tokens per loop step (a quarter of it for batches of at most
+      4 x chunk tokens, e.g. batch 1).
   """
 
   def __init__(self, model: encoder_lib.EncoderModel, params: dict,
-               method: Optional[base.Method], buckets: Sequence[int], prune: bool = True):
+               method: Optional[base.Method], buckets: Sequence[int], prune: bool = True,
+               chunk: int = 64):
     self.model = model
     self.params = params
     self.buckets = tuple(sorted(buckets))
     self.num_layers = model.config.num_hidden_layers
-    prune_fn = method.prune_fn(params["pruning"], "hard") if (method and prune) else None
-    self.prune_fn = prune_fn
-    self._first = jax.jit(functools.partial(self._first_segment, prune_fn=prune_fn))
-    self._segment = jax.jit(functools.partial(self._layer_segment, prune_fn=prune_fn),
-                            static_argnames=("layer", "length"))
-    self._full = jax.jit(self._unpruned)
+    self.chunk = chunk
+    self.method = method if (method is not None and prune and
+                             method.prune_fn(params["pruning"], "hard") is not None) else None
+    self.prune_fn = self.method  # truthy when the engine prunes (kept for callers)
+    self.weights = {"model": params["model"], "pruning": params["pruning"],
+                    "layers": fuse_layers(params["model"], self.num_layers)}
+    self._forward = jax.jit(self._run, static_argnames=("with_positions",))
+    self.compile_seconds: dict[tuple[int, int], float] = {}
 
-  # ---------------------------------------------------------------- compiled parts
+  # ---------------------------------------------------------------- compiled part
 
-  def _first_segment(self, params, input_ids, attention_mask, token_type_ids, *,
-                     prune_fn):
-    """Embeddings, layer 0's attention and pruning decision."""
-    def run(module):
-      hidden = module.embed(input_ids, attention_mask, token_type_ids)
-      token_mask = attention_mask.astype(jnp.float32)
-      lengths = jnp.sum(attention_mask, axis=-1).astype(jnp.int32)
-      protected = encoder_lib.protected_tokens(attention_mask, token_type_ids)
-      hidden, probs = module.layers[0].attend(hidden, token_mask, True)
-      token_mask, _, _ = prune_fn(0, probs, token_mask, hidden, lengths, protected)
-      # Built here so that every segment input is a jit output: committed and
-      # uncommitted arrays are separate compilation-cache entries.
-      positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1], dtype=jnp.int32),
-                                   input_ids.shape)
-      return hidden, token_mask, positions, lengths, protected
-    return self.model.apply({"params": params["model"]}, method=run)
+  def _chunk(self, rows: int, seq: int) -> int:
+    """Packed tokens per loop step: `chunk`, smaller for small batches."""
+    return min(rows * seq, self.chunk if rows * seq > 4 * self.chunk
+               else max(8, self.chunk // 4))
 
-  def _layer_segment(self, params, hidden, token_mask, positions, lengths, protected, *,
-                     layer: int, length: int, prune_fn):
-    """Compaction to `length`, layer `layer`'s FFN, then the next layer's attention
-    and decision (or the head after the last layer). `protected` stays in the
-    original layout and is gathered through `positions`."""
-    if length < hidden.shape[1]:
-      hidden, token_mask, positions = compact(hidden, token_mask, positions, length)
+  def _packed(self, keep, inputs, fn, out_widths):
+    """Runs `fn` on the `keep` tokens of `inputs`, packed, and unpacks its outputs.
 
-    def run(module):
-      h = module.layers[layer].feed_forward(hidden, True)
-      if layer + 1 == self.num_layers:
-        return module.head(h), token_mask, positions
-      h, probs = module.layers[layer + 1].attend(h, token_mask, True)
-      mask, _, _ = prune_fn(layer + 1, probs, token_mask, h, lengths,
-                            jnp.take_along_axis(protected, positions, axis=1))
-      return h, mask, positions
-    return self.model.apply({"params": params["model"]}, method=run)
+    Args:
+      keep: <bool>[B, S] tokens to run.
+      inputs: tuple of <float32>[B, S, d_i] row-layout arrays.
+      fn: per-token function, tuple of [chunk, d_i] -> tuple of [chunk, out_widths_j].
+      out_widths: the output feature sizes.
+    Returns:
+      tuple of <float32>[B, S, out_widths_j], each row's kept tokens first (in
+      order), zeros after them.
+    """
+    rows, seq = keep.shape
+    source, dest, total = pack_indices(keep)
+    chunk = self._chunk(rows, seq)
+    span = -(-rows * seq // chunk) * chunk
+    source = jnp.pad(source, (0, span - rows * seq))
+    flats = tuple(x.reshape(rows * seq, x.shape[-1]) for x in inputs)
+    dtype = inputs[0].dtype
 
-  def _unpruned(self, params, input_ids, attention_mask, token_type_ids):
-    return self.model.apply({"params": params["model"]}, input_ids, attention_mask,
-                            token_type_ids, deterministic=True).logits
+    def body(i, outs):
+      idx = jax.lax.dynamic_slice(source, (i * chunk,), (chunk,))
+      ys = fn(*(jnp.take(x, idx, axis=0) for x in flats))
+      return tuple(jax.lax.dynamic_update_slice(o, y, (i * chunk, 0))
+                   for o, y in zip(outs, ys))
+
+    # As many chunks as the kept total needs: the trip count is data, not shape.
+    outs = jax.lax.fori_loop(0, (total + chunk - 1) // chunk, body,
+                             tuple(jnp.zeros((span, w), dtype) for w in out_widths))
+    return tuple(jnp.take(o, dest, axis=0, mode="fill", fill_value=0) for o in outs)
+
+  def _run(self, weights, input_ids, attention_mask, token_type_ids, *, with_positions):
+    cfg = self.model.config
+    rows, seq = input_ids.shape
+    width, heads = cfg.hidden_size, cfg.num_attention_heads
+    eps = cfg.layer_norm_eps
+    act = encoder_lib._activation(cfg)  # pylint: disable=protected-access
+    layers = weights["layers"]
+    prune_fn = self.method.prune_fn(weights["pruning"], "hard") if self.method else None
+
+    hidden = self.model.apply({"params": weights["model"]}, input_ids, attention_mask,
+                              token_type_ids, method=lambda m, *a: m.embed(*a))
+    mask = attention_mask.astype(jnp.float32)
+    lengths = jnp.sum(attention_mask > 0, axis=-1).astype(jnp.int32)
+    protected = encoder_lib.protected_tokens(attention_mask, token_type_ids)
+    positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (rows, seq))
+
+    def attention_core(qkv, mask):
+      """Per-example attention on rows: [B, S, 3 width] -> context, probs."""
+      split = lambda x: x.reshape(rows, seq, heads, width // heads)
+      q, k, v = (split(qkv[..., i * width:(i + 1) * width]) for i in range(3))
+      logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(width // heads).astype(
+          q.dtype)
+      probs = jax.nn.softmax(logits + encoder_lib.key_bias(mask), axis=-1)
+      return jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(rows, seq, width), probs
+
+    def attention_output(p):
+      return lambda context, h: (_layer_norm(p["attn_norm"],
+                                             _dense(p["attn_out"], context) + h, eps),)
+
+    def feed_forward(layer):
+      """FFN of `layer` (none for -1), then the next layer's QKV."""
+      def fn(x):
+        if layer >= 0:
+          p = layers[layer]
+          x = _layer_norm(p["ffn_norm"], _dense(p["ffn_out"], act(_dense(p["ffn_in"], x)))
+                          + x, eps)
+        if layer + 1 == len(layers):
+          return (x,)
+        return x, _dense(layers[layer + 1]["qkv"], x)
+      return fn
+
+    h, qkv = self._packed(mask > 0, (hidden,), feed_forward(-1), (width, 3 * width))
+    kept, kept_positions = [], []
+    for layer in range(self.num_layers):
+      live = mask > 0
+      context, probs = attention_core(qkv, mask)
+      (out,) = self._packed(live, (context, h), attention_output(layers[layer]), (width,))
+      new = mask
+      if prune_fn is not None:
+        new, scale, _ = prune_fn(layer, probs, mask, out, lengths, protected)
+        if scale is not None:
+          raise ValueError("The engine runs hard keep decisions; this method's prune_fn "
+                           "returned an output scale.")
+      keep = new > 0
+      kept.append(jnp.sum(keep, axis=-1, dtype=jnp.int32))
+      if with_positions:
+        full = jnp.zeros((rows, seq), bool).at[jnp.arange(rows)[:, None], positions].set(keep)
+        kept_positions.append(full)
+      order = jnp.argsort(~keep, axis=-1, stable=True)
+      mask, positions, protected = (jnp.take_along_axis(x, order, axis=1)
+                                    for x in (new, positions, protected))
+      last = layer + 1 == self.num_layers
+      outs = self._packed(keep, (out,), feed_forward(layer),
+                          (width,) if last else (width, 3 * width))
+      h, qkv = outs if not last else (outs[0], None)
+    logits = self.model.apply({"params": weights["model"]}, h,
+                              method=lambda m, h: m.head(h))
+    result = {"logits": logits, "kept": jnp.stack(kept, -1)}
+    if with_positions:
+      result["kept_positions"] = jnp.stack(kept_positions)
+    return result
 
   # ------------------------------------------------------------------------- run
 
@@ -115,64 +241,37 @@ class Engine:
 
   def __call__(self, batch: dict[str, np.ndarray], return_kept_positions: bool = False
                ) -> dict[str, np.ndarray]:
-    """Logits and tokens kept per layer for one padded batch.
+    """Logits and tokens kept per layer for one right-padded batch.
 
     Args:
-      batch: input_ids, attention_mask, token_type_ids <int32>[batch, seq], seq a bucket.
+      batch: input_ids, attention_mask, token_type_ids <int32>[batch, seq].
       return_kept_positions: also return, per layer, <bool>[batch, seq] over the
         original positions.
     Returns:
       logits <float32>[batch, labels]; kept <int32>[batch, layers];
       optionally kept_positions <bool>[layers, batch, seq].
     """
-    ids, mask, types = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
-    if self.prune_fn is None:
-      logits = self._full(self.params, ids, mask, types)
-      lengths = mask.sum(-1).astype(np.int32)
-      out = {"logits": np.asarray(logits),
-             "kept": np.repeat(lengths[:, None], self.num_layers, axis=1)}
-      if return_kept_positions:
-        out["kept_positions"] = np.repeat(mask[None].astype(bool), self.num_layers, 0)
-      return out
-    hidden, token_mask, positions, lengths, protected = self._first(self.params, ids, mask,
-                                                                    types)
-    kept, kept_positions = [], []
-    for layer in range(self.num_layers):
-      live = np.asarray(token_mask) > 0  # the one host sync per layer: picks the bucket
-      kept.append(live.sum(-1))
-      if return_kept_positions:
-        full = np.zeros(ids.shape, bool)
-        np.put_along_axis(full, np.asarray(positions), live, axis=1)
-        kept_positions.append(full & (mask > 0))
-      length = min(self.bucket_for(int(kept[-1].max())), hidden.shape[1])
-      hidden, token_mask, positions = self._segment(
-          self.params, hidden, token_mask, positions, lengths, protected, layer=layer,
-          length=length)
-    out = {"logits": np.asarray(hidden), "kept": np.stack(kept, -1).astype(np.int32)}
-    if return_kept_positions:
-      out["kept_positions"] = np.stack(kept_positions)
+    shape = batch["input_ids"].shape
+    start = time.perf_counter()
+    out = self._forward(self.weights, batch["input_ids"], batch["attention_mask"],
+                        batch["token_type_ids"], with_positions=return_kept_positions)
+    out = jax.device_get(out)  # the one transfer back
+    if (shape, return_kept_positions) not in self.compile_seconds:
+      self.compile_seconds[(shape, return_kept_positions)] = time.perf_counter() - start
     return out
 
+  @property
+  def compiled_functions(self) -> int:
+    """How many input shapes have been compiled (one function each)."""
+    return self._forward._cache_size()  # pylint: disable=protected-access
+
   def warm_up(self, batch_size: int) -> int:
-    """Runs every segment once for every bucket (pair), so timed work never compiles.
+    """Compiles the function for every input bucket at `batch_size`.
 
     Returns:
-      The number of (segment, shape) combinations run.
+      The number of compiled functions afterwards.
     """
-    count = 0
-    for s_in in self.buckets:
-      ids = np.zeros((batch_size, s_in), np.int32)
-      ones = np.ones_like(ids)
-      if self.prune_fn is None:
-        jax.block_until_ready(self._full(self.params, ids, ones, ids))
-        count += 1
-        continue
-      hidden, mask, positions, lengths, protected = self._first(self.params, ids, ones, ids)
-      count += 1
-      for s_out in (b for b in self.buckets if b <= s_in):
-        for layer in range(self.num_layers):
-          jax.block_until_ready(self._segment(self.params, hidden, mask, positions,
-                                              lengths, protected, layer=layer,
-                                              length=s_out))
-          count += 1
-    return count
+    for length in self.buckets:
+      ids = np.zeros((batch_size, length), np.int32)
+      self({"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": ids})
+    return self.compiled_functions

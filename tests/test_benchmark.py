@@ -1,0 +1,86 @@
+"""tpjax.benchmark: flag validation, the same batches for every system, paired ratios,
+and a peer driven in its own process. (No timing is asserted: timings are benchmarks.)"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tpjax.inference import benchmark
+from tpjax.inference import peers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(systems=["pruned", "tensorrt"]), "Unknown or no systems"),
+    (dict(systems=[]), "Unknown or no systems"),
+    (dict(rounds=0), "--rounds must be at least 1"),
+    (dict(batch_size=0), "--batch_size must be at least 1"),
+    (dict(orders=["random"]), "Unknown or no batch orders"),
+    (dict(workdir="/nonexistent/run"), "is not a directory"),
+])
+def test_validate_rejects_bad_flags(tmp_path, kwargs, message):
+  args = dict(workdir=str(tmp_path), systems=["pruned"], rounds=10, batch_size=32,
+              latency_examples=10, orders=["sorted"])
+  args.update(kwargs)
+  with pytest.raises(ValueError, match=message):
+    benchmark.validate(**args)
+
+
+def test_cli_user_error_is_one_paragraph_and_writes_nothing(tmp_path):
+  out = tmp_path / "result.json"
+  proc = subprocess.run(
+      [sys.executable, "-m", "tpjax.benchmark", f"--workdir={tmp_path}",
+       "--systems=pruned,nope", f"--out={out}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode != 0
+  assert "Traceback" not in proc.stderr
+  assert "tpjax.benchmark: error: Unknown or no systems ['nope']" in " ".join(
+      proc.stderr.split())
+  assert not out.exists()
+
+
+def test_batches_are_the_same_examples_in_the_same_order():
+  lengths = np.array([5, 3, 9, 3, 7, 1, 2])
+  sorted_groups = benchmark.batch_indices(lengths, 3, "sorted")
+  assert [g.tolist() for g in sorted_groups] == [[5, 6, 1], [3, 0, 4], [2]]
+  dataset = benchmark.batch_indices(lengths, 3, "dataset")
+  assert [g.tolist() for g in dataset] == [[0, 1, 2], [3, 4, 5], [6]]
+
+
+def test_ratios_are_paired_per_round():
+  # Round 2 is slow for both systems: per-round ratios stay at 2.
+  ratio = benchmark._paired([2.0, 20.0, 4.0], [1.0, 10.0, 2.0])  # pylint: disable=protected-access
+  assert ratio["median"] == ratio["q25"] == ratio["q75"] == 2.0
+
+
+def test_hf_pytorch_peer_in_its_own_process(tmp_path):
+  """The peer protocol end to end, on a tiny random BERT."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                   num_attention_heads=2, intermediate_size=32,
+                                   num_labels=2)
+  torch.manual_seed(0)
+  model = transformers.BertForSequenceClassification(config).eval()
+  model.save_pretrained(tmp_path)
+  batch = {"input_ids": np.array([[2, 7, 9, 3]]), "attention_mask": np.ones((1, 4), int),
+           "token_type_ids": np.zeros((1, 4), int)}
+  path = str(tmp_path / "batches.npz")
+  np.savez(path, **{f"{order}/0/{k}": v for order in ("sorted", "latency")
+                    for k, v in batch.items()})
+  assert peers.load_batches(path)["sorted"][0]["input_ids"].tolist() == [[2, 7, 9, 3]]
+  peer = benchmark.Peer("hf_pytorch", str(tmp_path), path, threads=1)
+  try:
+    assert peer.ask(cmd="throughput", order="sorted")["seconds"] > 0
+    assert len(peer.ask(cmd="latency")["seconds"]) == 1
+    logits = np.asarray(peer.ask(cmd="logits", order="sorted", batch=0)["logits"])
+  finally:
+    peer.close()
+  with torch.inference_mode():
+    expected = model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
+  np.testing.assert_allclose(logits, expected, atol=1e-6)

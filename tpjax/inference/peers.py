@@ -1,0 +1,146 @@
+"""Peer systems for `tpjax.benchmark`, each run in its own process.
+
+    python -m tpjax.inference.peers --system=hf_pytorch|onnxruntime \
+        --model_dir=DIR --batches=FILE.npz --threads=N
+
+`model_dir` holds the trained weights in Hugging Face layout (config.json and
+safetensors, written by the benchmark from the tpjax checkpoint). `onnxruntime`
+exports that model to ONNX with torch's exporter and applies ONNX Runtime's BERT
+graph optimisations (fused attention, LayerNorm, GELU) before timing.
+
+The process reads one JSON command per line on stdin and answers one JSON line on the
+real stdout (library chatter goes to stderr). Commands:
+  {"cmd": "throughput", "order": NAME}  runs every batch of NAME once -> {"seconds"}
+  {"cmd": "latency"}                    each batch-1 example once -> {"seconds": [...]}
+  {"cmd": "logits", "order": NAME, "batch": i}  -> {"logits": [[...]]}
+  {"cmd": "quit"}
+Between commands the process only waits on stdin, so it never runs while the
+benchmark times another system.
+"""
+
+import json
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+_SYSTEM = flags.DEFINE_enum("system", None, ["hf_pytorch", "onnxruntime"], "Peer.")
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Hugging Face model folder.")
+_BATCHES = flags.DEFINE_string("batches", None, "npz written by the benchmark.")
+_THREADS = flags.DEFINE_integer("threads", 1, "Intra-op threads.")
+
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def load_batches(path: str) -> dict[str, list[dict]]:
+  """{order: [batch dicts of int64 arrays]} from the benchmark's npz file.
+
+  Keys are '<order>/<index>/<input name>'; order 'latency' holds batch-1 examples.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  data = np.load(path)
+  out: dict[str, dict[int, dict]] = {}
+  for key in data.files:
+    order, index, name = key.split("/")
+    out.setdefault(order, {}).setdefault(int(index), {})[name] = data[key].astype(np.int64)
+  return {k: [v[i] for i in sorted(v)] for k, v in out.items()}
+
+
+def _torch_runner(model_dir: str, threads: int):
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(threads)
+  model = transformers.AutoModelForSequenceClassification.from_pretrained(
+      model_dir, attn_implementation="eager").eval()
+
+  def run(batch):
+    with torch.inference_mode():
+      return model(**{k: torch.from_numpy(batch[k]) for k in INPUTS}).logits.numpy()
+  return run
+
+
+def export_onnx(model_dir: str, path: str) -> None:
+  """The Hugging Face model as ONNX, batch and sequence dynamic."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  model = transformers.AutoModelForSequenceClassification.from_pretrained(
+      model_dir, attn_implementation="eager").eval()
+  model.config.return_dict = False
+  dummy = tuple(torch.ones((2, 8), dtype=torch.int64) for _ in INPUTS)
+  axes = {name: {0: "batch", 1: "sequence"} for name in INPUTS}
+  torch.onnx.export(model, dummy, path, input_names=list(INPUTS), output_names=["logits"],
+                    dynamic_axes={**axes, "logits": {0: "batch"}}, opset_version=17,
+                    dynamo=False)
+
+
+def _onnx_runner(model_dir: str, threads: int):
+  import onnxruntime as ort  # pylint: disable=g-import-not-at-top
+  from onnxruntime.transformers import optimizer  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(model_dir, "config.json")) as f:
+    config = json.load(f)
+  raw = os.path.join(model_dir, "model.onnx")
+  fused = os.path.join(model_dir, "model_fused.onnx")
+  if not os.path.exists(fused):
+    export_onnx(model_dir, raw)
+    model_type = "bert" if config["model_type"] == "bert" else "bert"  # roberta: same fusions
+    optimized = optimizer.optimize_model(raw, model_type=model_type,
+                                         num_heads=config["num_attention_heads"],
+                                         hidden_size=config["hidden_size"])
+    optimized.save_model_to_file(fused)
+    print("ONNX fusions:", optimized.get_fused_operator_statistics(), file=sys.stderr)
+  options = ort.SessionOptions()
+  options.intra_op_num_threads = threads
+  options.inter_op_num_threads = 1
+  options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+  session = ort.InferenceSession(fused, options, providers=["CPUExecutionProvider"])
+  names = {i.name for i in session.get_inputs()}
+
+  def run(batch):
+    return session.run(["logits"], {k: batch[k] for k in INPUTS if k in names})[0]
+  return run
+
+
+def main(argv):
+  del argv
+  reply = os.fdopen(os.dup(1), "w")  # the protocol's channel
+  os.dup2(2, 1)                       # everything else printed goes to stderr
+  runner = {"hf_pytorch": _torch_runner, "onnxruntime": _onnx_runner}[_SYSTEM.value](
+      _MODEL_DIR.value, _THREADS.value)
+  batches = load_batches(_BATCHES.value)
+  for order in batches.values():  # warm-up: every shape once
+    for batch in order:
+      runner(batch)
+
+  def send(obj):
+    reply.write(json.dumps(obj) + "\n")
+    reply.flush()
+
+  send({"ready": True})
+  for line in sys.stdin:
+    cmd = json.loads(line)
+    if cmd["cmd"] == "quit":
+      break
+    if cmd["cmd"] == "throughput":
+      work = batches[cmd["order"]]
+      start = time.perf_counter()
+      for batch in work:
+        runner(batch)
+      send({"seconds": time.perf_counter() - start})
+    elif cmd["cmd"] == "latency":
+      times = []
+      for batch in batches["latency"]:
+        start = time.perf_counter()
+        runner(batch)
+        times.append(time.perf_counter() - start)
+      send({"seconds": times})
+    elif cmd["cmd"] == "logits":
+      send({"logits": runner(batches[cmd["order"]][cmd["batch"]]).tolist()})
+    else:
+      send({"error": f"unknown command {cmd['cmd']!r}"})
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["system", "model_dir", "batches"])
+  app.run(main)
