@@ -15,7 +15,7 @@ def get_config():
     config.stages = ("finetune", "soft")
     config.pruning.method = "sdtp"
     config.pruning.sdtp_keep_ratio = 0.7
-    config.stage_settings.soft.num_epochs = 2.0
+    config.stage_settings.soft.num_epochs = 1.0
     config.stage_settings.soft.pruning_learning_rate = 1e-3
     config.stage_settings.soft.handover = "last"
     config.train.eval_every_steps = 0

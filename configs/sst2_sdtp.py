@@ -21,9 +21,9 @@ def get_config():
   config.stages = ("finetune", "soft")
   config.pruning.method = "sdtp"
   config.pruning.sdtp_keep_ratio = 0.7
-  config.stage_settings.soft.num_epochs = 0.2
+  config.stage_settings.soft.num_epochs = 0.15
   # The modules' Adam rate (the backbone is frozen; its learning_rate is unused).
   config.stage_settings.soft.pruning_learning_rate = 1e-3
   config.stage_settings.soft.handover = "last"
-  config.train.eval_every_steps = 200
+  config.train.eval_every_steps = 1000  # the stage end only: CPU budget
   return config.lock()

@@ -65,23 +65,32 @@ def test_encoder_saliency_equals_finite_difference(tiny_sdtp, target):
   layers = (1, 3)
   got = sdtp_encoder.encoder_saliency(model, model_params, batch, layers, target, "raw")
   ids, mask, types = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+  plain = model.apply({"params": model_params}, ids, mask, types).logits
   zeros = {l: jnp.zeros(ids.shape + (model.config.hidden_size,)) for l in layers}
-  _, hiddens = model.apply({"params": model_params}, ids, mask, types, zeros,
-                           method=sdtp_encoder.probed_forward)
+  probed, _ = model.apply({"params": model_params}, ids, mask, types, zeros,
+                          method=sdtp_encoder.probed_forward)
+  np.testing.assert_allclose(probed, plain, atol=1e-6)  # zero probes: the plain model
 
-  def value(probes):
-    logits, _ = model.apply({"params": model_params}, ids, mask, types, probes,
-                            method=sdtp_encoder.probed_forward)
+  def value(layer, b, t, e):
+    """The target with token t's post-attention state at `layer` scaled by 1 + e."""
+    def forward(module):
+      hidden = module.embed(ids, mask, types)
+      for index, block in enumerate(module.layers):
+        hidden, _ = block.attend(hidden, mask.astype(jnp.float32), True)
+        if index == layer:
+          hidden = hidden.at[b, t].multiply(1.0 + e)
+        hidden = block.feed_forward(hidden, True)
+      return module.head(hidden)
+    logits = model.apply({"params": model_params}, method=forward)
     if target == "loss":
       return float(jnp.sum(optax_ce(logits, batch["labels"])))
     return float(jnp.sum(logits[np.arange(2), batch["labels"][:2]]))
 
+  # d/de T(x_t * (1 + e)) at e = 0 is sum_d dT/dx_t * x_t.
   eps = 1e-2
   for s, layer in enumerate(layers):
     for b, t in [(0, 1), (1, 3), (1, 7)]:  # real, prunable tokens
-      up = {**zeros, layer: zeros[layer].at[b, t].set(eps * hiddens[s][b, t])}
-      down = {**zeros, layer: zeros[layer].at[b, t].set(-eps * hiddens[s][b, t])}
-      estimate = (value(up) - value(down)) / (2 * eps)
+      estimate = (value(layer, b, t, eps) - value(layer, b, t, -eps)) / (2 * eps)
       np.testing.assert_allclose(float(got[s][b, t]), estimate, rtol=2e-2, atol=1e-4)
   # [CLS], [SEP] and padding get no target
   special = ~np.asarray(sdtp.prunable(mask > 0, encoder_lib.protected_tokens(mask, types)))
@@ -105,6 +114,20 @@ def test_policy_attention_equals_masked_attention_for_kept_tokens(tiny_sdtp):
   run = lambda softmax: model.apply({"params": model_params}, **batch, prune_fn=prune,
                                     attention_softmax=softmax)
   np.testing.assert_allclose(run(sdtp.policy_softmax).logits, run(None).logits, atol=1e-5)
+
+  # In the soft stage a dropped token's mask value still gets a gradient (what the
+  # straight-through estimator needs); the log-bias softmax would give exactly 0.
+  method = tiny_sdtp[3]
+  assert method.attention_softmax("soft") is sdtp.policy_softmax
+  assert method.attention_softmax("hard") is None
+
+  def logit_sum(weight):
+    def scaled(index, probs, token_mask, hidden, lengths, protected):
+      return token_mask * weight, None, None
+    return jnp.sum(model.apply({"params": model_params}, **batch, prune_fn=scaled,
+                               attention_softmax=method.attention_softmax("soft")).logits)
+  grad = jax.grad(logit_sum)(jnp.asarray(dropped))
+  assert np.abs(np.asarray(grad)[:, 2]).min() > 0
 
 
 def test_soft_step_trains_modules_and_freezes_backbone(tiny_sdtp):
