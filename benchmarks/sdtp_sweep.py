@@ -70,15 +70,13 @@ def main(argv):
                             run.tokenizer.pad_token_id, run.model.config)
     extra = predictor_overhead(result, data.lengths, method.layers, run.model.config)
     row = {"method": "sdtp", "sdtp_keep_ratio": r, "keep_ratios": list(method.ratios),
-           "accuracy": result[info.metric], "metric": info.metric,
+           "accuracy": result["accuracy"], info.metric: result[info.metric],
            "relative_flops": result["relative_flops"],
            "relative_flops_with_predictors": result["relative_flops"] + extra,
            "tokens_kept_per_layer": result["tokens_kept_per_layer"],
            "tokens_pruned": 1.0 - float(np.mean(result["tokens_kept_per_layer"])),
            "eval_seconds": time.time() - start,
            **{k: v for k, v in result.items() if k.startswith("relative_flops_padded")}}
-    if info.metric != "accuracy":
-      row["dev"] = result
     print(json.dumps(row))
     rows.append(row)
   if _OUT.value:
