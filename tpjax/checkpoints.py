@@ -63,6 +63,8 @@ def _digest(step_dir: str) -> dict[str, str]:
 
 def write_checksums(directory: str, step: int) -> None:
   """Records the checksums of `directory/<step>` (the only step kept there)."""
+  if jax.process_index() != 0:  # one writer on a shared file system
+    return
   record = {"step": step, "files": _digest(os.path.join(directory, str(step)))}
   tmp = os.path.join(directory, CHECKSUMS + ".tmp")
   with open(tmp, "w") as f:

@@ -266,7 +266,8 @@ class _FiniteGuard:
     self.pending = None
     values = {k: float(v) for k, v in parallel.to_host(values).items()}
     if params is not None:
-      values["parameters"] = 0.0 if bool(_all_finite(params)) else math.nan
+      finite = np.all(parallel.to_host(_all_finite(params)))
+      values["parameters"] = 0.0 if finite else math.nan
     if all(math.isfinite(v) for v in values.values()):
       return
     last = self.ckpts.latest.latest_step()
@@ -343,7 +344,8 @@ def run_stage(ctx: RunContext, stage: str, init_params: dict,
   config, mesh, model = ctx.config, ctx.mesh, ctx.model
   stage_dir = os.path.join(ctx.workdir, stage)
   os.makedirs(stage_dir, exist_ok=True)
-  fingerprint.write(stage_dir, config, stage, int(mesh.devices.size))
+  if jax.process_index() == 0:
+    fingerprint.write(stage_dir, config, stage, int(mesh.devices.size))
   settings = config.stage_settings[stage]
   if settings.handover not in ("best", "last"):
     raise ValueError(f"handover {settings.handover!r} is not 'best' or 'last'.")
