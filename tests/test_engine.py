@@ -1,5 +1,7 @@
 """Compacted inference equals masked evaluation, for every method, in any batch."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -115,24 +117,26 @@ def test_pack_indices():
   np.testing.assert_array_equal(dest, [[0, 1, 12, 12], [12, 12, 12, 12], [2, 3, 4, 12]])
 
 
-def test_one_compiled_function_per_shape_and_no_host_transfer(case):
-  """A batch is one call of one compiled function: no host round trip inside it."""
+def test_one_compiled_function_per_shape_and_one_dispatch_per_batch(case):
+  """A batch is one call of one compiled function, with no host callback inside."""
   engine = engine_lib.Engine(case.model, case.params, case.method, (16, 32))
   batch = case.tokenizer(case.texts, length=32)
+  calls, forward = [], engine._forward  # pylint: disable=protected-access
+  engine._forward = lambda *a, **k: calls.append(1) or forward(*a, **k)  # pylint: disable=protected-access
   engine(batch)
+  assert len(calls) == 1  # no per-layer dispatch (the old engine made 1 + layers)
+  engine._forward = forward  # pylint: disable=protected-access
   engine(case.tokenizer(case.texts[::-1], length=32))  # same shape: no new function
   assert engine.compiled_functions == 1
   assert engine.warm_up(len(case.texts)) == 2  # one per input bucket
   with pytest.raises(ValueError, match="exceed the largest bucket"):
     engine.bucket_for(33)
-  # Implicit transfers (a host sync choosing a bucket or a loop count) raise; the
-  # explicit final device_get is the one transfer back. (Device inputs are a
-  # separate jit cache entry, so this comes after the count.)
-  on_device = {k: jax.device_put(batch[k]) for k in
-               ("input_ids", "attention_mask", "token_type_ids")}
-  with jax.transfer_guard("disallow"):
-    out = engine(on_device)
-  assert out["kept"].shape == (len(case.texts), case.model.config.num_hidden_layers)
+  # Loop counts are device values: no callback to the host inside the function.
+  inputs = [batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")]
+  jaxpr = jax.make_jaxpr(functools.partial(engine._run, with_positions=False))(  # pylint: disable=protected-access
+      engine.weights, *inputs)
+  assert "callback" not in str(jaxpr)
+  assert "while" in str(jaxpr)
 
 
 def test_no_pruning_path_matches_model(tiny_model):

@@ -26,8 +26,8 @@ def case():
 
 
 def test_engine_exports_for_every_platform(case):
-  engine = engine_lib.Engine(case.model, case.params, case.method, (16,))
-  batch = case.tokenizer(case.texts, length=16)
+  engine = engine_lib.Engine(case.model, case.params, case.method, (32,))
+  batch = case.tokenizer(case.texts, length=32)
   inputs = tuple(batch[k] for k in ("input_ids", "attention_mask", "token_type_ids"))
   fn = jax.jit(functools.partial(engine._run, with_positions=False))  # pylint: disable=protected-access
   exported = jax.export.export(fn, platforms=PLATFORMS)(engine.weights, *inputs)
@@ -46,7 +46,7 @@ def test_train_step_exports_for_every_platform(case):
   params = {"model": case.params["model"], "pruning": method.init_params(None)}
   state = train.TrainState(step=jnp.array(0, jnp.int32), params=params,
                            opt_state=tx.init(params))
-  batch = dict(case.tokenizer(case.texts, length=16))
+  batch = dict(case.tokenizer(case.texts, length=32))
   batch["labels"] = np.zeros((len(case.texts),), np.int32)
   batch["weights"] = np.ones((len(case.texts),), np.float32)
   step = jax.jit(functools.partial(train.train_step, teacher=None, reduce=lambda x: x,

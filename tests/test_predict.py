@@ -86,15 +86,21 @@ def test_command_line_reads_stdin(workdir, tmp_path):
 def test_benchmark_runs_every_system(workdir):
   from tpjax.inference import benchmark  # pylint: disable=g-import-not-at-top
   pytest.importorskip("transformers")
+  systems = ["pruned", "unpruned", "keep_all", "hf_pytorch"]
   result = benchmark.benchmark(workdir, None, None, batch_size=4, rounds=1,
-                               latency_examples=2, max_examples=8,
-                               systems=["pruned", "unpruned", "keep_all", "padded",
-                                        "hf_pytorch"])
-  assert set(result["systems"]) == {"pruned", "unpruned", "keep_all", "padded",
-                                    "hf_pytorch"}
-  assert result["pruning"]["hf_max_abs_logit_diff"] < 1e-4
+                               latency_examples=2, max_examples=8, systems=systems,
+                               orders=["sorted", "dataset"], progress=False)
+  assert set(result["systems"]) == set(systems)
+  # The PyTorch peer (own process) computes what tpjax computes on the same batch.
+  assert result["agreement"]["hf_pytorch_max_abs_logit_diff_vs_unpruned"] < 1e-4
+  assert result["agreement"]["keep_all_max_abs_logit_diff_vs_unpruned"] < 1e-5
   assert 0 < result["pruning"]["relative_flops"] <= 1
-  assert {"speedup_pruned_vs_unpruned", "keep_all_overhead"} <= set(result["ratios"])
+  for order in ("sorted", "dataset"):
+    ratios = result["ratios"][order]
+    assert {"speedup_pruned_vs_unpruned", "keep_all_time_over_unpruned",
+            "unpruned_speedup_vs_hf_pytorch"} <= set(ratios)
+    assert len(result["systems"]["hf_pytorch"][order]["rounds_s"]) == 1
+  assert result["systems"]["pruned"]["latency_p99_ms"] > 0
 
 
 def test_load_run_names_what_is_missing(tmp_path):

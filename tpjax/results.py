@@ -23,7 +23,8 @@ SYSTEM_NAMES = {
     "unpruned": "unpruned, same engine",
     "keep_all": "keep-all compaction path",
     "padded": "unpruned, padded to {length}",
-    "hf_pytorch": "HF PyTorch, same weights and threads",
+    "hf_pytorch": "HF PyTorch eager, own process",
+    "onnxruntime": "ONNX Runtime, BERT fusions, own process",
 }
 
 

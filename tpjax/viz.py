@@ -29,7 +29,7 @@ KEPT_COLOUR = "#2f9e44"    # a token still present after the layer
 PRUNED_COLOUR = "#ffa8a8"  # a token removed at or before the layer
 # One colour per benchmarked system (none of them KEPT or PRUNED_COLOUR).
 SYSTEM_COLOURS = {"pruned": "#1c7ed6", "unpruned": "#f59f00", "keep_all": "#ae3ec9",
-                  "padded": "#868e96", "hf_pytorch": "#e8590c"}
+                  "padded": "#868e96", "hf_pytorch": "#e8590c", "onnxruntime": "#495057"}
 _DPI = 100
 
 
