@@ -23,6 +23,7 @@ Batch-1 latency runs the first `latency_examples` dev examples one at a time, in
 each round too, and pools the per-example times over rounds for p50/p99.
 """
 
+import importlib.util
 import json
 import os
 import platform
@@ -49,6 +50,9 @@ TPJAX_SYSTEMS = ("pruned", "unpruned", "keep_all")
 PEER_SYSTEMS = ("hf_pytorch", "onnxruntime")
 SYSTEMS = TPJAX_SYSTEMS + PEER_SYSTEMS
 ORDERS = ("sorted", "dataset")
+# Python packages each peer process imports.
+PEER_MODULES = {"hf_pytorch": ("torch", "transformers"),
+                "onnxruntime": ("torch", "transformers", "onnx", "onnxruntime")}
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # Seconds of quiet between systems: lets the previous system's worker threads stop
 # spinning before the next one is timed.
@@ -64,6 +68,11 @@ def validate(workdir: Optional[str], systems: Sequence[str], rounds: int,
   if unknown or not systems:
     raise ValueError(f"Unknown or no systems {unknown or list(systems)}; choose from "
                      f"{', '.join(SYSTEMS)}.")
+  for system in systems:
+    missing = [m for m in PEER_MODULES.get(system, ()) if importlib.util.find_spec(m) is None]
+    if missing:
+      raise ValueError(f"System {system} needs {', '.join(missing)}: pip install "
+                       f"{' '.join(missing)}, or leave it out of --systems.")
   if rounds < 1:
     raise ValueError(f"--rounds must be at least 1 (got {rounds}).")
   if batch_size < 1:
