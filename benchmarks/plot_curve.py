@@ -21,8 +21,9 @@ _TOP = flags.DEFINE_list("top", [], "ToP run directories.")
 _TOP_RULES = flags.DEFINE_list("top_rules", [], "benchmarks/top_rules.py JSON files: their "
                                "final-state, 'expected'-rule rows join the ToP points.")
 _TOPK_SWEEP = flags.DEFINE_string("topk_sweep", None, "prune_sweep.py JSON (top-k).")
+_SDTP_RUNS = flags.DEFINE_list("sdtp_runs", [], "SDTP run directories (their own r).")
 _SDTP = flags.DEFINE_list("sdtp", [], "benchmarks/sdtp_sweep.py JSON files: one trained "
-                          "SDTP run at several keep ratios r.")
+                          "SDTP run at other keep ratios r.")
 _BASELINE = flags.DEFINE_string("baseline", "runs/sst2_ft", "The unpruned run.")
 _OUT = flags.DEFINE_string("out", "benchmarks/results/sst2_curve", "Output path stem.")
 
@@ -47,10 +48,12 @@ def main(argv):
             "topk_finetuned": [_run_point(w) for w in _TOPK_RUNS.value],
             "top": [_run_point(w) for w in _TOP.value],
             "topk_training_free": []}
+  if _SDTP_RUNS.value or _SDTP.value:
+    result["sdtp"] = [_run_point(w) for w in _SDTP_RUNS.value]
   for path in _SDTP.value:
     with open(path) as f:
       sweep = json.load(f)
-    result.setdefault("sdtp", []).extend(
+    result["sdtp"].extend(
         {"workdir": sweep["workdir"], "source": path, **p} for p in sweep["points"])
   for path in _TOP_RULES.value:
     with open(path) as f:
