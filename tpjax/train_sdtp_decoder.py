@@ -71,7 +71,7 @@ def compute_targets(model, params, windows: np.ndarray, schedule, config):
   shapes = [(1, window, cfg.hidden_size)] * len(schedule.layers)
 
   @jax.jit
-  def one(ids):
+  def one(params, ids):  # params as an argument: closed over, XLA would constant-fold them
     target_fn = sdtp_decoder.probe_target_fn(cfg, params, ids, schedule.layers,
                                              jnp.asarray(weights))
     targets, value = sdtp.saliency_targets(target_fn, shapes, config.saliency.norm)
@@ -81,7 +81,7 @@ def compute_targets(model, params, windows: np.ndarray, schedule, config):
   hiddens, targets = [], []
   start = time.time()
   for i, ids in enumerate(windows):
-    t, h, value = one(jnp.asarray(ids[None]))
+    t, h, value = one(params, jnp.asarray(ids[None]))
     targets.append(np.asarray(t))
     hiddens.append(np.asarray(h))
     logging.info("saliency window %d/%d: T=%.3f (%.0f s)", i + 1, len(windows),
