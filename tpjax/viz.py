@@ -29,7 +29,7 @@ KEPT_COLOUR = "#2f9e44"    # a token still present after the layer
 PRUNED_COLOUR = "#ffa8a8"  # a token removed at or before the layer
 # One colour per benchmarked system (none of them KEPT or PRUNED_COLOUR).
 SYSTEM_COLOURS = {"pruned": "#1c7ed6", "unpruned": "#f59f00", "keep_all": "#ae3ec9",
-                  "padded": "#868e96", "hf_pytorch": "#e8590c", "onnxruntime": "#495057"}
+                  "padded": "#868e96", "hf_pytorch": "#e8590c", "onnxruntime": "#0ca678"}
 _DPI = 100
 
 
@@ -238,6 +238,7 @@ def throughput_plot(benchmarks: Sequence[dict], path: Optional[str] = None
       ax.set_xlabel(label, fontsize=8)
       ax.tick_params(axis="x", labelsize=7)
       ax.grid(axis="x", alpha=0.3)
+      ax.set_axisbelow(True)  # grid lines behind the bars, not across them
     row[1].set_yticklabels([])
     row[0].set_title(results.describe_inference(bench), fontsize=8, loc="left")
   fig.tight_layout()
