@@ -30,7 +30,7 @@ def get_config():
   config.saliency = ml_collections.ConfigDict()
   config.saliency.window = 512           # tokens per training window
   config.saliency.windows_per_article = 2
-  config.saliency.max_windows = 48       # CPU budget: one forward + backward each
+  config.saliency.max_windows = 32       # CPU budget: one forward + backward each
   config.saliency.norm = "seq_max"       # sdtp.SALIENCY_NORMS
   # T = next-token loss of the window's last `target_last` fraction of predictions:
   # the tokens that matter are the ones the end of the prompt (and what follows) uses.
