@@ -45,6 +45,25 @@ PRUNING_TEXTS = [
 PRUNING_KEEP = (1.0, 0.7, 0.7, 0.7)
 
 
+class StopAfter:
+  """Stands in for the signal handler: asks to stop after `n` steps."""
+
+  def __init__(self, n):
+    self.n = n
+    self.checks = 0
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False
+
+  @property
+  def requested(self):
+    self.checks += 1
+    return self.checks == self.n
+
+
 class PruningCase:
   """A 4-layer random encoder with LTP thresholds that really prune.
 

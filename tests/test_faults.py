@@ -87,30 +87,12 @@ def reference(glue_dir, tmp_path_factory):
   return workdir
 
 
-class _StopAfter:
-  """Stands in for the signal handler: asks to stop after `n` steps."""
-
-  def __init__(self, n):
-    self.n, self.checks = n, 0
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    return False
-
-  @property
-  def requested(self):
-    self.checks += 1
-    return self.checks == self.n
-
-
 @pytest.fixture(scope="module")
 def interrupted(glue_dir, tmp_path_factory):
   """A run stopped (as by Ctrl-C) at step 6: latest/ holds step 6, best/ step 4."""
   workdir = str(tmp_path_factory.mktemp("interrupted"))
   original = train._StopRequest  # pylint: disable=protected-access
-  train._StopRequest = lambda: _StopAfter(6)  # pylint: disable=protected-access
+  train._StopRequest = lambda: helpers.StopAfter(6)  # pylint: disable=protected-access
   try:
     with pytest.raises(train.Interrupted, match="step 6"):
       train.train_and_evaluate(_config(glue_dir), workdir)

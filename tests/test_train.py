@@ -64,25 +64,6 @@ def test_8_devices_equal_1_device(glue_dir, tmp_path):
   assert len(set(round(v, 4) for v in one.values())) > 1, "loss should change"
 
 
-class _StopAfter:
-  """Stands in for the signal handler: asks to stop after `n` steps."""
-
-  def __init__(self, n):
-    self.n = n
-    self.checks = 0
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    return False
-
-  @property
-  def requested(self):
-    self.checks += 1
-    return self.checks == self.n
-
-
 def test_interrupted_then_resumed_equals_uninterrupted(glue_dir, tmp_path, monkeypatch):
   def config():
     c = helpers.tiny_config(glue_dir, log_every_steps=1, checkpoint_every_steps=100)
@@ -92,7 +73,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(glue_dir, tmp_path, monke
 
   full = train.train_and_evaluate(config(), str(tmp_path / "full"))
 
-  monkeypatch.setattr(train, "_StopRequest", lambda: _StopAfter(13))
+  monkeypatch.setattr(train, "_StopRequest", lambda: helpers.StopAfter(13))
   with pytest.raises(train.Interrupted, match="step 13"):
     train.train_and_evaluate(config(), str(tmp_path / "cut"))
   monkeypatch.undo()
