@@ -29,18 +29,18 @@ def get_config():
 
   config.saliency = ml_collections.ConfigDict()
   config.saliency.window = 512           # tokens per training window
-  config.saliency.windows_per_article = 2
-  config.saliency.max_windows = 32       # CPU budget: one forward + backward each
+  config.saliency.windows_per_article = 3
+  config.saliency.max_windows = 64       # CPU budget: one forward + backward each
   config.saliency.norm = "seq_max"       # sdtp.SALIENCY_NORMS
   # T = next-token loss of the window's last `target_last` fraction of predictions:
   # the tokens that matter are the ones the end of the prompt (and what follows) uses.
   config.saliency.target_last = 0.25
 
   config.train = ml_collections.ConfigDict()
-  config.train.steps = 150
+  config.train.steps = 300
   config.train.batch_size = 8            # windows per step
   config.train.learning_rate = 1e-3
   config.train.mse_weight = 1.0
   config.train.rank_weight = 1.0
-  config.train.holdout_windows = 6       # training-article windows kept out, for curves
+  config.train.holdout_windows = 8       # training-article windows kept out, for curves
   return config

@@ -8,7 +8,8 @@
    gradient times input at all of them (sdtp.saliency_targets). The hidden states at
    the locations are kept too (cached in <workdir>/targets.npz, reused when present).
 2. The per-stage predictors (sdtp.Predictor) learn those targets with the MSE and
-   ranking losses (unit weights) on the cached hidden states; the backbone is never
+   ranking losses (unit weights; the ranking on the keep-minus-drop logit, which
+   inference ranks by) on the cached hidden states; the backbone is never
    updated. Deviation from the paper, for CPU cost: no task loss and no simulated
    masks, i.e. each module sees the unpruned model's hidden states (teacher forcing)
    instead of those of the already-pruned model.
@@ -93,9 +94,11 @@ def stage_losses(score_params, hiddens, targets, prunable, config):
   """Per-stage (mse, rank) means; hiddens [S, B, L, d], targets [S, B, L]."""
   mse, rank = [], []
   for s, p in enumerate(score_params):
-    pi = sdtp.keep_probability(sdtp_decoder.predictor_logits(p, hiddens[s]))
-    mse.append(jnp.mean(sdtp.mse_loss(pi, targets[s], prunable)))
-    rank.append(jnp.mean(sdtp.ranking_loss(pi, targets[s], prunable)))
+    logits = sdtp_decoder.predictor_logits(p, hiddens[s])
+    mse.append(jnp.mean(sdtp.mse_loss(sdtp.keep_probability(logits), targets[s], prunable)))
+    # Ranked on the keep-minus-drop logit: the MSE pulls pi towards the mostly tiny
+    # targets, where softmax saturates and a ranking on pi stalls at ln 2.
+    rank.append(jnp.mean(sdtp.ranking_loss(sdtp.keep_score(logits), targets[s], prunable)))
   return jnp.stack(mse), jnp.stack(rank)
 
 
