@@ -18,7 +18,6 @@ from absl import flags
 import jax
 import numpy as np
 
-from tpjax import train
 from tpjax.data import batching
 from tpjax.inference import benchmark
 from tpjax.inference import engine as engine_lib
@@ -34,7 +33,7 @@ def main(argv):
   del argv
   run = loading.load_run(_WORKDIR.value)
   config = run.config
-  data = train.load_split(config, run.tokenizer, "validation", None)
+  data = batching.load_split(config, run.tokenizer, "validation", None)
   lengths = data.lengths
   buckets = batching.normalize_buckets(config.data.buckets, config.data.max_length)
   order = np.argsort(lengths, kind="stable")

@@ -41,7 +41,7 @@ def main(argv):
     config.data.buckets = batching.normalize_buckets(config.data.buckets,
                                                      config.data.max_length)
     info = glue.TASKS[config.task]
-    data = train.load_split(config, run.tokenizer, info.eval_splits[0], None)
+    data = batching.load_split(config, run.tokenizer, info.eval_splits[0], None)
     p_eval = parallel.data_parallel_eval_step(
         functools.partial(train.eval_step, model=run.model, method=run.method,
                           stage=run.prune_stage), mesh)

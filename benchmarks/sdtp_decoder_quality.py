@@ -72,6 +72,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--workdir", default="runs/smollm_sdtp")
   parser.add_argument("--model", default="smollm2-135m")
+  parser.add_argument("--ratio", type=float, default=None,
+                      help="keep ratio per stage (default: the trained schedule's)")
   parser.add_argument("--lengths", default="1024,2048,4096")
   parser.add_argument("--docs", default="8,8,4")
   parser.add_argument("--continuation", type=int, default=128)
@@ -97,7 +99,8 @@ def main():
     return
 
   model, params, tokenizer = pretrained.load_pretrained(args.model)
-  predictors, schedule, meta = sdtp_decoder.load_predictors(args.workdir, model.config)
+  predictors, schedule, meta = sdtp_decoder.load_predictors(args.workdir, model.config,
+                                                              args.ratio)
   _, evaluation = squad_docs.split(squad_docs.load_articles())
   assert not set(meta.get("train_articles", [])) & {a.title for a in evaluation}
   engines = {

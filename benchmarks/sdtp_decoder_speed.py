@@ -53,7 +53,7 @@ def _reset_peak() -> None:
 class Worker:
   """One system: loads the model (and predictors) and answers prefill requests."""
 
-  def __init__(self, system: str, workdir: str, model_name: str):
+  def __init__(self, system: str, workdir: str, model_name: str, ratio=None):
     import jax  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
     from tpjax import generate  # pylint: disable=g-import-not-at-top
@@ -67,7 +67,7 @@ class Worker:
     elif system == "full":
       self.engine = sdtp_decoder.PrunedPrefill(model, params, None)
     elif system == "sdtp":
-      predictors, schedule, _ = sdtp_decoder.load_predictors(workdir, model.config)
+      predictors, schedule, _ = sdtp_decoder.load_predictors(workdir, model.config, ratio)
       self.engine = sdtp_decoder.PrunedPrefill(model, params, schedule,
                                                sdtp_decoder.predictor_scorer, predictors)
     else:
@@ -102,10 +102,10 @@ class Worker:
             "peak_rss_increase_bytes": 1024 * peak, "kept": kept}
 
 
-def worker_main(system, workdir, model_name, threads):
+def worker_main(system, workdir, model_name, threads, ratio):
   cpus = sorted(os.sched_getaffinity(0))[:threads]
   os.sched_setaffinity(0, cpus)
-  worker = Worker(system, workdir, model_name)
+  worker = Worker(system, workdir, model_name, ratio)
   print(_REPLY + json.dumps({"ready": True}), flush=True)
   for line in sys.stdin:
     request = json.loads(line)
@@ -121,7 +121,8 @@ class Client:
     env["PYTHONPATH"] = _REPO + os.pathsep + env.get("PYTHONPATH", "")
     self.proc = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), f"--worker={system}",
-         f"--workdir={args.workdir}", f"--model={args.model}", f"--threads={args.threads}"],
+         f"--workdir={args.workdir}", f"--model={args.model}", f"--threads={args.threads}"]
+        + ([f"--ratio={args.ratio}"] if args.ratio else []),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     self._read()
 
@@ -164,6 +165,8 @@ def main():
   parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
   parser.add_argument("--workdir", default="runs/smollm_sdtp")
   parser.add_argument("--model", default="smollm2-135m")
+  parser.add_argument("--ratio", type=float, default=None,
+                      help="keep ratio per stage (default: the trained schedule's)")
   parser.add_argument("--threads", type=int, default=2)
   parser.add_argument("--lengths", default="1024,2048,4096")
   parser.add_argument("--systems", default="full,sdtp")
@@ -175,7 +178,7 @@ def main():
   parser.add_argument("--out", default="benchmarks/results/sdtp_decoder_speed.json")
   args = parser.parse_args()
   if args.worker:
-    worker_main(args.worker, args.workdir, args.model, args.threads)
+    worker_main(args.worker, args.workdir, args.model, args.threads, args.ratio)
     return
 
   from tpjax.models import pretrained  # pylint: disable=g-import-not-at-top
@@ -216,7 +219,7 @@ def main():
   for client in clients.values():
     client.close()
 
-  _, schedule, _ = sdtp_decoder.load_predictors(args.workdir, model_config)
+  _, schedule, _ = sdtp_decoder.load_predictors(args.workdir, model_config, args.ratio)
   summary = {}
   for length in lengths:
     per_round = [rec["prefill"][str(length)] for rec in rounds if str(length) in rec["prefill"]]

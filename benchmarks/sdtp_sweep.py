@@ -54,7 +54,7 @@ def main(argv):
                                                    config.data.max_length)
   info = glue.TASKS[config.task]
   split = info.eval_splits[0]
-  data = train.load_split(config, run.tokenizer, split, None)
+  data = batching.load_split(config, run.tokenizer, split, None)
   mesh = parallel.make_mesh(1)
   rows = []
   for r in [float(v) for v in _RATIOS.value]:

@@ -36,7 +36,7 @@ def main(argv):
   config = run.config
   config.data.buckets = batching.normalize_buckets(config.data.buckets,
                                                    config.data.max_length)
-  data = train.load_split(config, run.tokenizer, glue.TASKS[config.task].eval_splits[0],
+  data = batching.load_split(config, run.tokenizer, glue.TASKS[config.task].eval_splits[0],
                           None)
   mesh = parallel.make_mesh(1)
   rows = []

@@ -87,9 +87,14 @@ def test_benchmark_runs_every_system(workdir):
   from tpjax.inference import benchmark  # pylint: disable=g-import-not-at-top
   pytest.importorskip("transformers")
   systems = ["pruned", "unpruned", "keep_all", "hf_pytorch"]
-  result = benchmark.benchmark(workdir, None, None, batch_size=4, rounds=1,
+  written = []  # what a cut run would have left on disk after each round
+  result = benchmark.benchmark(workdir, None, None, batch_size=4, rounds=2,
                                latency_examples=2, max_examples=8, systems=systems,
-                               orders=["sorted", "dataset"], progress=False)
+                               orders=["sorted", "dataset"], progress=False,
+                               on_round=written.append)
+  assert [w["rounds"] for w in written] == [1, 2]
+  assert written[0]["rounds_planned"] == 2
+  assert len(written[0]["systems"]["pruned"]["sorted"]["rounds_s"]) == 1
   assert set(result["systems"]) == set(systems)
   # The PyTorch peer (own process) computes what tpjax computes on the same batch.
   assert result["agreement"]["hf_pytorch_max_abs_logit_diff_vs_unpruned"] < 1e-4
@@ -99,7 +104,7 @@ def test_benchmark_runs_every_system(workdir):
     ratios = result["ratios"][order]
     assert {"speedup_pruned_vs_unpruned", "keep_all_time_over_unpruned",
             "unpruned_speedup_vs_hf_pytorch"} <= set(ratios)
-    assert len(result["systems"]["hf_pytorch"][order]["rounds_s"]) == 1
+    assert len(result["systems"]["hf_pytorch"][order]["rounds_s"]) == 2
   assert result["systems"]["pruned"]["latency_p99_ms"] > 0
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from tests import helpers
 from tpjax import train
+from tpjax.data import batching
 from tpjax.models import classifier
 
 
@@ -35,7 +36,7 @@ def test_tiny_end_to_end_on_8_devices(glue_dir, tmp_path):
   summary = train.train_and_evaluate(config, str(tmp_path))
   assert summary["devices"] == 8
   assert 0.0 <= summary["dev"]["validation"]["accuracy"] <= 1.0
-  expected = -(-len(train.load_split(config, _tokenizer(config), "train", None)) // 8)
+  expected = -(-len(batching.load_split(config, _tokenizer(config), "train", None)) // 8)
   assert expected <= summary["steps"] <= expected + len(config.data.buckets) - 1
   with open(tmp_path / "summary.json") as f:
     on_disk = json.load(f)

@@ -41,15 +41,21 @@ def main(argv):
   # Checked before anything is loaded or written.
   benchmark.validate(_WORKDIR.value, _SYSTEMS.value, _ROUNDS.value, _BATCH.value,
                      _LATENCY_N.value, _ORDERS.value)
+  out = _OUT.value
+
+  def write(result: dict) -> None:  # after every round: a cut run keeps its rounds
+    nonlocal out
+    out = out or os.path.join("benchmarks", "results", f"inference_{result['task']}_"
+                              f"{os.path.basename(os.path.normpath(_WORKDIR.value))}.json")
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out + ".tmp", "w") as f:
+      json.dump(result, f, indent=2)
+    os.replace(out + ".tmp", out)
+
   result = benchmark.benchmark(_WORKDIR.value, _TASK.value, _SPLIT.value, _BATCH.value,
                                _ROUNDS.value, _LATENCY_N.value, _MAX_EXAMPLES.value,
-                               _SYSTEMS.value, buckets, _ORDERS.value, _THREADS.value)
-  out = _OUT.value or os.path.join(
-      "benchmarks", "results",
-      f"inference_{result['task']}_{os.path.basename(os.path.normpath(_WORKDIR.value))}.json")
-  os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-  with open(out, "w") as f:
-    json.dump(result, f, indent=2)
+                               _SYSTEMS.value, buckets, _ORDERS.value, _THREADS.value,
+                               on_round=write)
   for name, r in result["systems"].items():
     first = r[result["orders"][0]]
     lat = (f"  p50 {r['latency_p50_ms']:.2f} ms  p99 {r['latency_p99_ms']:.2f} ms"

@@ -470,16 +470,6 @@ def run_stage(ctx: RunContext, stage: str, init_params: dict,
 # ---------------------------------------------------------------------------- run
 
 
-def load_split(config, tokenizer, split: str, limit: Optional[int]) -> batching.Encoded:
-  examples = glue.load_examples(config.task, split, glue_dir=config.data.glue_dir or None,
-                                source=config.data.source)
-  if limit is not None:
-    examples = glue.Examples(examples.text_a[:limit],
-                             examples.text_b[:limit] if examples.text_b else None,
-                             examples.labels[:limit])
-  return batching.encode(tokenizer, examples)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        overwrite: bool = False) -> dict:
   """Runs every stage of `config.stages` in `workdir`; writes summary.json.
@@ -505,8 +495,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   rng = jax.random.PRNGKey(config.seed)
   model, model_params, tokenizer = classifier.build(config, info.num_labels, rng)
   method = registry.get_method(config.pruning, model.config)
-  train_data = load_split(config, tokenizer, "train", config.data.max_train_examples)
-  eval_data = {s: load_split(config, tokenizer, s, config.data.max_eval_examples)
+  train_data = batching.load_split(config, tokenizer, "train", config.data.max_train_examples)
+  eval_data = {s: batching.load_split(config, tokenizer, s, config.data.max_eval_examples)
                for s in info.eval_splits}
   logging.info("Task %s: %d train examples, devices %s, global batch %d.", config.task,
                len(train_data), mesh.devices.size,

@@ -36,6 +36,18 @@ def encode(tokenizer: tokenization.Tokenizer, examples: glue.Examples) -> Encode
                  labels=np.asarray(examples.labels))
 
 
+def load_split(config, tokenizer: tokenization.Tokenizer, split: str,
+               limit: Optional[int]) -> Encoded:
+  """The config's task split (`config.data` says where from), first `limit` examples."""
+  examples = glue.load_examples(config.task, split, glue_dir=config.data.glue_dir or None,
+                                source=config.data.source)
+  if limit is not None:
+    examples = glue.Examples(examples.text_a[:limit],
+                             examples.text_b[:limit] if examples.text_b else None,
+                             examples.labels[:limit])
+  return encode(tokenizer, examples)
+
+
 def normalize_buckets(buckets: Sequence[int], max_length: int) -> tuple[int, ...]:
   """Sorted bucket lengths up to max_length, always ending at max_length."""
   kept = sorted({b for b in buckets if 0 < b < max_length})

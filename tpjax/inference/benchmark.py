@@ -181,8 +181,13 @@ def benchmark(workdir: str, task: Optional[str], split: Optional[str], batch_siz
               rounds: int, latency_examples: int, max_examples: Optional[int],
               systems: Sequence[str], buckets: Optional[Sequence[int]] = None,
               orders: Sequence[str] = ("sorted",), threads: Optional[int] = None,
-              progress: bool = True) -> dict:
-  """Runs every system in paired rounds; returns the result dict (written as JSON)."""
+              progress: bool = True,
+              on_round: Optional[Callable[[dict], None]] = None) -> dict:
+  """Runs every system in paired rounds; returns the result dict (written as JSON).
+
+  `on_round` gets the result of the rounds done so far after every round (so an
+  interrupted benchmark leaves its finished rounds on disk).
+  """
   validate(workdir, systems, rounds, batch_size, latency_examples, orders)
   load_start = os.getloadavg()
   threads = threads or os.cpu_count()
@@ -195,8 +200,7 @@ def benchmark(workdir: str, task: Optional[str], split: Optional[str], batch_siz
   buckets = batching.normalize_buckets(buckets or config.data.buckets,
                                        config.data.max_length)
   config.task = task
-  from tpjax import train  # pylint: disable=g-import-not-at-top  (data loading only)
-  data = train.load_split(config, run.tokenizer, split, max_examples)
+  data = batching.load_split(config, run.tokenizer, split, max_examples)
   n, pad = len(data), run.tokenizer.pad_token_id
   lengths = data.lengths
   real_tokens = int(lengths.sum())
@@ -287,6 +291,98 @@ def benchmark(workdir: str, task: Optional[str], split: Optional[str], batch_siz
   names = list(engines) + list(peers)
   seconds = {order: {s: [] for s in names} for order in orders}
   latency = {s: [] for s in names}
+  # --------------------------------------------------------------- results
+  def collect() -> dict:
+    """The result of the rounds done so far."""
+    results = {}
+    for name in names:
+      first = seconds[orders[0]][name]
+      # Top level: the first order's numbers (what tpjax.report tables and plots read).
+      entry = {"examples_per_s": n / float(np.median(first)),
+               "tokens_per_s": real_tokens / float(np.median(first))}
+      for order in orders:
+        t = seconds[order][name]
+        entry[order] = {"seconds_median": float(np.median(t)),
+                        "examples_per_s": n / float(np.median(t)),
+                        "tokens_per_s": real_tokens / float(np.median(t)),
+                        "rounds_s": [round(x, 4) for x in t]}
+      if lat_n:
+        ms = np.asarray(latency[name]) * 1000  # [rounds, examples]
+        entry["latency_p50_ms"] = float(np.percentile(ms, 50))
+        entry["latency_p99_ms"] = float(np.percentile(ms, 99))
+        entry["latency_round_p50_ms"] = [round(float(np.median(x)), 3) for x in ms]
+        entry["latency_round_p99_ms"] = [round(float(np.percentile(x, 99)), 3) for x in ms]
+      results[name] = entry
+
+    summary = {}
+    if "pruned" in engines:
+      summary = flops_lib.summarize(lengths, kept, run.model.config, task)
+
+    ratios = {}
+    for order in orders:
+      s = seconds[order]
+      r = {}
+      if "pruned" in s and "unpruned" in s:
+        r["speedup_pruned_vs_unpruned"] = _paired(s["unpruned"], s["pruned"])
+        reduction = 1.0 / summary["relative_flops"]
+        r["flops_reduction"] = reduction
+        r["speedup_over_flops_reduction"] = {
+            k: v / reduction for k, v in r["speedup_pruned_vs_unpruned"].items()}
+      if "keep_all" in s and "unpruned" in s:
+        r["keep_all_time_over_unpruned"] = _paired(s["keep_all"], s["unpruned"])
+      for peer in peers:
+        for name in ("pruned", "unpruned"):
+          if name in s:
+            r[f"{name}_speedup_vs_{peer}"] = _paired(s[peer], s[name])
+      ratios[order] = r
+    if lat_n:
+      lat = {}
+      for name in names:
+        lat[name] = {"p50_ms": results[name]["latency_p50_ms"],
+                     "p99_ms": results[name]["latency_p99_ms"]}
+      if "pruned" in latency and "unpruned" in latency:
+        lat["pruned_over_unpruned_p50_per_round"] = _paired(
+            results["pruned"]["latency_round_p50_ms"],
+            results["unpruned"]["latency_round_p50_ms"])
+        lat["pruned_over_unpruned_p99_per_round"] = _paired(
+            results["pruned"]["latency_round_p99_ms"],
+            results["unpruned"]["latency_round_p99_ms"])
+      if "pruned" in latency and "onnxruntime" in latency:
+        lat["pruned_over_onnxruntime_p50_per_round"] = _paired(
+            results["pruned"]["latency_round_p50_ms"],
+            results["onnxruntime"]["latency_round_p50_ms"])
+      ratios["batch1"] = lat
+
+    versions = {"jax": jax.__version__, "python": platform.python_version()}
+    for module in ("torch", "transformers", "onnxruntime"):
+      if any(p in systems for p in PEER_SYSTEMS):
+        try:
+          versions[module] = __import__(module).__version__
+        except ImportError:
+          pass
+    return {
+        "workdir": workdir, "task": task, "split": split, "examples": n,
+        "real_tokens": real_tokens, "batch_size": batch_size,
+        "rounds": len(seconds[orders[0]][names[0]]), "rounds_planned": rounds,
+        "orders": list(orders), "latency_examples": lat_n, "method": run.method.name,
+        "stage": run.stage, "buckets": list(buckets), "threads": threads,
+        "peer_env": {"OMP_WAIT_POLICY": "PASSIVE"},
+        "padding": {
+            "peers": "each batch padded to its own longest example",
+            "tpjax": "each batch padded to the smallest input bucket holding its longest "
+                     "example, partial last batch filled with empty rows; packing keeps "
+                     "padding out of the dense work",
+            "padded_tokens_peers": {o: int(sum(len(i) * lengths[i].max() for i in g))
+                                    for o, g in groups.items()}},
+        "load_average": {"start": [round(x, 2) for x in load_start],
+                         "end": [round(x, 2) for x in os.getloadavg()]},
+        "device": jax.devices()[0].device_kind, "cpu_count": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "platform": platform.platform(), "versions": versions,
+        "compile": compile_info, "agreement": agreement,
+        "systems": results, "ratios": ratios, "pruning": summary,
+    }
+
   bar = tqdm.trange(rounds, desc="paired rounds", disable=not progress)
   for r in bar:
     sequence = names if r % 2 == 0 else names[::-1]
@@ -305,97 +401,12 @@ def benchmark(workdir: str, task: Optional[str], split: Optional[str], batch_siz
         latency[name].append(tpjax_latency(engines[name]) if name in engines
                              else peers[name].ask(cmd="latency")["seconds"])
     bar.set_postfix({s: round(seconds[orders[0]][s][-1], 2) for s in names})
+    if on_round is not None:
+      on_round(collect())
   for peer in peers.values():
     peer.close()
 
-  # --------------------------------------------------------------- results
-  results = {}
-  for name in names:
-    first = seconds[orders[0]][name]
-    # Top level: the first order's numbers (what tpjax.report tables and plots read).
-    entry = {"examples_per_s": n / float(np.median(first)),
-             "tokens_per_s": real_tokens / float(np.median(first))}
-    for order in orders:
-      t = seconds[order][name]
-      entry[order] = {"seconds_median": float(np.median(t)),
-                      "examples_per_s": n / float(np.median(t)),
-                      "tokens_per_s": real_tokens / float(np.median(t)),
-                      "rounds_s": [round(x, 4) for x in t]}
-    if lat_n:
-      ms = np.asarray(latency[name]) * 1000  # [rounds, examples]
-      entry["latency_p50_ms"] = float(np.percentile(ms, 50))
-      entry["latency_p99_ms"] = float(np.percentile(ms, 99))
-      entry["latency_round_p50_ms"] = [round(float(np.median(x)), 3) for x in ms]
-      entry["latency_round_p99_ms"] = [round(float(np.percentile(x, 99)), 3) for x in ms]
-    results[name] = entry
-
-  summary = {}
-  if "pruned" in engines:
-    summary = flops_lib.summarize(lengths, kept, run.model.config, task)
-
-  ratios = {}
-  for order in orders:
-    s = seconds[order]
-    r = {}
-    if "pruned" in s and "unpruned" in s:
-      r["speedup_pruned_vs_unpruned"] = _paired(s["unpruned"], s["pruned"])
-      reduction = 1.0 / summary["relative_flops"]
-      r["flops_reduction"] = reduction
-      r["speedup_over_flops_reduction"] = {
-          k: v / reduction for k, v in r["speedup_pruned_vs_unpruned"].items()}
-    if "keep_all" in s and "unpruned" in s:
-      r["keep_all_time_over_unpruned"] = _paired(s["keep_all"], s["unpruned"])
-    for peer in peers:
-      for name in ("pruned", "unpruned"):
-        if name in s:
-          r[f"{name}_speedup_vs_{peer}"] = _paired(s[peer], s[name])
-    ratios[order] = r
-  if lat_n:
-    lat = {}
-    for name in names:
-      lat[name] = {"p50_ms": results[name]["latency_p50_ms"],
-                   "p99_ms": results[name]["latency_p99_ms"]}
-    if "pruned" in latency and "unpruned" in latency:
-      lat["pruned_over_unpruned_p50_per_round"] = _paired(
-          results["pruned"]["latency_round_p50_ms"],
-          results["unpruned"]["latency_round_p50_ms"])
-      lat["pruned_over_unpruned_p99_per_round"] = _paired(
-          results["pruned"]["latency_round_p99_ms"],
-          results["unpruned"]["latency_round_p99_ms"])
-    if "pruned" in latency and "onnxruntime" in latency:
-      lat["pruned_over_onnxruntime_p50_per_round"] = _paired(
-          results["pruned"]["latency_round_p50_ms"],
-          results["onnxruntime"]["latency_round_p50_ms"])
-    ratios["batch1"] = lat
-
-  versions = {"jax": jax.__version__, "python": platform.python_version()}
-  for module in ("torch", "transformers", "onnxruntime"):
-    if any(p in systems for p in PEER_SYSTEMS):
-      try:
-        versions[module] = __import__(module).__version__
-      except ImportError:
-        pass
-  return {
-      "workdir": workdir, "task": task, "split": split, "examples": n,
-      "real_tokens": real_tokens, "batch_size": batch_size, "rounds": rounds,
-      "orders": list(orders), "latency_examples": lat_n, "method": run.method.name,
-      "stage": run.stage, "buckets": list(buckets), "threads": threads,
-      "peer_env": {"OMP_WAIT_POLICY": "PASSIVE"},
-      "padding": {
-          "peers": "each batch padded to its own longest example",
-          "tpjax": "each batch padded to the smallest input bucket holding its longest "
-                   "example, partial last batch filled with empty rows; packing keeps "
-                   "padding out of the dense work",
-          "padded_tokens_peers": {o: int(sum(len(i) * lengths[i].max() for i in g))
-                                  for o, g in groups.items()}},
-      "load_average": {"start": [round(x, 2) for x in load_start],
-                       "end": [round(x, 2) for x in os.getloadavg()]},
-      "device": jax.devices()[0].device_kind, "cpu_count": os.cpu_count(),
-      "processor": platform.processor() or platform.machine(),
-      "platform": platform.platform(), "versions": versions,
-      "compile": compile_info, "agreement": agreement,
-      "systems": results, "ratios": ratios, "pruning": summary,
-  }
+  return collect()
 
 
 def engine_lib_bucket(buckets: Sequence[int], lengths: np.ndarray) -> int:

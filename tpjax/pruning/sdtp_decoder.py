@@ -419,9 +419,14 @@ def save_predictors(workdir: str, score_params: list, schedule: Schedule,
     json.dump({"schedule": dataclasses.asdict(schedule), **(extra or {})}, f, indent=1)
 
 
-def load_predictors(workdir: str, config: decoder_lib.DecoderConfig
-                    ) -> tuple[list, Schedule, dict]:
-  """(per-stage Predictor parameters, Schedule, the saved extras) from a workdir."""
+def load_predictors(workdir: str, config: decoder_lib.DecoderConfig,
+                    ratio: Optional[float] = None) -> tuple[list, Schedule, dict]:
+  """(per-stage Predictor parameters, Schedule, the saved extras) from a workdir.
+
+  `ratio` replaces the saved keep ratios by ratio^(s+1) at the same layers. The
+  modules are trained on the unpruned model's hidden states, so one training serves
+  every ratio.
+  """
   meta_path = os.path.join(workdir, "sdtp.json")
   if not os.path.isfile(meta_path):
     raise FileNotFoundError(f"No trained SDTP predictors in {workdir!r} (expected "
@@ -430,7 +435,9 @@ def load_predictors(workdir: str, config: decoder_lib.DecoderConfig
   with open(meta_path, encoding="utf-8") as f:
     meta = json.load(f)
   sch = meta.pop("schedule")
-  schedule = Schedule(**{**sch, "layers": tuple(sch["layers"]), "keep": tuple(sch["keep"])})
+  keep = (tuple(sch["keep"]) if ratio is None
+          else sdtp.geometric_ratios(len(sch["layers"]), ratio))
+  schedule = Schedule(**{**sch, "layers": tuple(sch["layers"]), "keep": keep})
   template = init_predictors(config, schedule, jax.random.PRNGKey(0))
   with open(os.path.join(workdir, "predictors.msgpack"), "rb") as f:
     params = flax.serialization.from_bytes(template, f.read())
