@@ -31,13 +31,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
+import worker_pipe  # benchmarks/, the directory of this script
+
 # XNNPACK matmuls on CPU: about 1.3x faster prefill than XLA's default dot here.
 CPU_XLA_FLAGS = "--xla_cpu_use_xnnpack=true"
-_REPLY = "@@"  # worker replies are the stdout lines starting with this
 _TEXT = ("The history of the region is long and varied. Farmers settled the river "
          "valleys more than 4,000 years ago, and the towns that grew along the trade "
          "routes exchanged grain, wool, salt and copper. ")
@@ -158,57 +158,33 @@ WORKERS = {"tpjax": TpjaxWorker, "torch": TorchWorker, "llamacpp": LlamaCppWorke
 
 
 def worker_main(system: str, gguf_path: str, threads: int) -> None:
-  """Serves one JSON request per stdin line; replies on stdout after _REPLY."""
   _pin(threads)
   worker = WORKERS[system](gguf_path, threads)
-  print(_REPLY + json.dumps({"ready": True}), flush=True)
-  for line in sys.stdin:
-    request = json.loads(line)
+
+  def handle(request):
     if request["op"] == "prefill":
-      reply = {"seconds": worker.prefill(request["ids"])}
-    elif request["op"] == "decode":
+      return {"seconds": worker.prefill(request["ids"])}
+    if request["op"] == "decode":
       seconds, count = worker.decode(request["ids"], request["tokens"])
-      reply = {"seconds": seconds, "tokens": count}
-    else:
-      break
-    print(_REPLY + json.dumps(reply), flush=True)
+      return {"seconds": seconds, "tokens": count}
+    return None
+
+  worker_pipe.serve(handle)
 
 
-class Client:
-  """A worker process and its request/reply pipe."""
-
-  def __init__(self, system, python, gguf_path, threads):
-    # PASSIVE: OpenMP threads (torch, llama.cpp's ggml) sleep instead of spinning when
-    # idle; on a shared CPU, spinning made both several times slower.
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-               OMP_WAIT_POLICY="PASSIVE", TOKENIZERS_PARALLELISM="false",
-               JAX_PLATFORMS="cpu")
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
-    if system == "tpjax":  # what `python -m tpjax.generate` sets too
-      env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + CPU_XLA_FLAGS).strip()
-    self.system = system
-    self.proc = subprocess.Popen(
-        [python, os.path.abspath(__file__), f"--worker={system}", f"--gguf={gguf_path}",
-         f"--threads={threads}"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-    self._read()
-
-  def _read(self):
-    for line in self.proc.stdout:
-      if line.startswith(_REPLY):
-        return json.loads(line[len(_REPLY):])
-    raise RuntimeError(f"{self.system} worker exited with {self.proc.wait()}")
-
-  def ask(self, **request):
-    self.proc.stdin.write(json.dumps(request) + "\n")
-    self.proc.stdin.flush()
-    return self._read()
-
-  def close(self):
-    self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
-    self.proc.stdin.flush()
-    self.proc.wait()
+def start_client(system, python, gguf_path, threads) -> worker_pipe.Client:
+  """A worker process for `system`, run by the interpreter `python`."""
+  # PASSIVE: OpenMP threads (torch, llama.cpp's ggml) sleep instead of spinning when
+  # idle; on a shared CPU, spinning made both several times slower.
+  env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+             OMP_WAIT_POLICY="PASSIVE", TOKENIZERS_PARALLELISM="false",
+             JAX_PLATFORMS="cpu")
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
+  if system == "tpjax":  # what `python -m tpjax.generate` sets too
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + CPU_XLA_FLAGS).strip()
+  return worker_pipe.Client(system, [python, os.path.abspath(__file__), f"--worker={system}",
+                                     f"--gguf={gguf_path}", f"--threads={threads}"], env)
 
 
 def prompt_ids(length: int) -> list[int]:
@@ -254,7 +230,7 @@ def main() -> None:
   clients = {}
   for name, python in systems.items():
     start = time.perf_counter()
-    clients[name] = Client(name, python, _gguf_path(), args.threads)
+    clients[name] = start_client(name, python, _gguf_path(), args.threads)
     for length in lengths:  # warm-up: compile / first run, untimed
       clients[name].ask(op="prefill", ids=longest[:length])
     clients[name].ask(op="decode", ids=longest[:args.decode_prompt],

@@ -28,12 +28,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
+import worker_pipe  # benchmarks/, the directory of this script
+
 CPU_XLA_FLAGS = "--xla_cpu_use_xnnpack=true"
-_REPLY = "@@"
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -106,41 +106,18 @@ def worker_main(system, workdir, model_name, threads, ratio):
   cpus = sorted(os.sched_getaffinity(0))[:threads]
   os.sched_setaffinity(0, cpus)
   worker = Worker(system, workdir, model_name, ratio)
-  print(_REPLY + json.dumps({"ready": True}), flush=True)
-  for line in sys.stdin:
-    request = json.loads(line)
-    if request["op"] != "prefill":
-      break
-    print(_REPLY + json.dumps(worker.prefill(request["ids"])), flush=True)
+  worker_pipe.serve(lambda r: worker.prefill(r["ids"]) if r["op"] == "prefill" else None)
 
 
-class Client:
-  def __init__(self, system, args):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", MALLOC_MMAP_THRESHOLD_="1048576",
-               XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + CPU_XLA_FLAGS).strip())
-    env["PYTHONPATH"] = _REPO + os.pathsep + env.get("PYTHONPATH", "")
-    self.proc = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), f"--worker={system}",
-         f"--workdir={args.workdir}", f"--model={args.model}", f"--threads={args.threads}"]
-        + ([f"--ratio={args.ratio}"] if args.ratio else []),
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-    self._read()
-
-  def _read(self):
-    for line in self.proc.stdout:
-      if line.startswith(_REPLY):
-        return json.loads(line[len(_REPLY):])
-    raise RuntimeError(f"worker exited with {self.proc.wait()}")
-
-  def ask(self, **request):
-    self.proc.stdin.write(json.dumps(request) + "\n")
-    self.proc.stdin.flush()
-    return self._read()
-
-  def close(self):
-    self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
-    self.proc.stdin.flush()
-    self.proc.wait()
+def start_client(system, args) -> worker_pipe.Client:
+  env = dict(os.environ, JAX_PLATFORMS="cpu", MALLOC_MMAP_THRESHOLD_="1048576",
+             XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + CPU_XLA_FLAGS).strip())
+  env["PYTHONPATH"] = _REPO + os.pathsep + env.get("PYTHONPATH", "")
+  return worker_pipe.Client(
+      system, [sys.executable, os.path.abspath(__file__), f"--worker={system}",
+               f"--workdir={args.workdir}", f"--model={args.model}",
+               f"--threads={args.threads}"] + ([f"--ratio={args.ratio}"] if args.ratio else []),
+      env)
 
 
 def prompt_ids(tokenizer, length: int) -> list[int]:
@@ -194,7 +171,7 @@ def main():
   clients = {}
   for name in names:
     start = time.perf_counter()
-    clients[name] = Client(name, args)
+    clients[name] = start_client(name, args)
     for length in lengths:
       clients[name].ask(op="prefill", ids=ids[:length])
     print(f"{name}: loaded and warmed up in {time.perf_counter() - start:.0f} s", flush=True)

@@ -25,9 +25,11 @@ Normalisations (`SALIENCY_NORMS`): 'raw' (signed pi_hat), 'abs' (|pi_hat|), 'seq
 (|pi_hat| divided by its maximum over the sequence's valid tokens, in [0, 1]).
 
 Prediction module (`Predictor`) per location: Dense(d -> d/4) -> GELU -> Dense(-> 2),
-logits ordered (drop, keep). Its score for the losses is the keep probability
-pi = softmax(logits)[keep]; for top-k ranking, the keep-minus-drop logit (same order,
-no float saturation near 1).
+logits ordered (drop, keep). The MSE compares the keep probability
+pi = softmax(logits)[keep] with the saliency; top-k at inference ranks by the
+keep-minus-drop logit (same order, no float saturation). The ranking loss takes
+either (the encoder ranks pi, the decoder the logit: there the MSE pulls pi towards
+tiny targets, where differences of pi vanish).
 
 Training: a straight-through Gumbel-softmax keep mask per location (`gumbel_keep`,
 binary forward, the soft sample's gradient backward), multiplied across locations,
