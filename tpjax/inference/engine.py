@@ -19,8 +19,9 @@ all of a layer's weight FLOPs) is paid per kept token rounded up to C, not per r
 longest row, and the loop count is decided on device: a batch costs one dispatch and
 one transfer back, and each input shape compiles once. Per-example work (attention
 scores, the keep decision) stays in the row layout the method's `prune_fn` expects.
-Without a method (or `prune=False`) the same function runs with no keep decision: the
-unpruned baseline gets the same packing of padding.
+Without a method (or `prune=False`) the engine runs the plain padded forward: on
+length-sorted batches that is faster than packing away the padding, so the unpruned
+baseline is the fastest unpruned path, not a slowed-down one.
 """
 
 import time
@@ -101,18 +102,20 @@ class Engine:
     method: the pruning method; None or `base.Method()` disables pruning.
     buckets: allowed input lengths, ascending; the last is the longest input.
     prune: False runs the method-free path even if a method is given.
-    chunk: packed tokens per loop step (a quarter of it for batches of at most
-      4 x chunk tokens, e.g. batch 1).
+    chunk: packed tokens per loop step.
+    small_chunk: packed tokens per loop step for inputs of at most 4 x chunk tokens
+      (e.g. batch 1), where a loop step's dispatch costs more than its padding.
   """
 
   def __init__(self, model: encoder_lib.EncoderModel, params: dict,
                method: Optional[base.Method], buckets: Sequence[int], prune: bool = True,
-               chunk: int = 64):
+               chunk: int = 128, small_chunk: int = 16):
     self.model = model
     self.params = params
     self.buckets = tuple(sorted(buckets))
     self.num_layers = model.config.num_hidden_layers
     self.chunk = chunk
+    self.small_chunk = small_chunk
     self.method = method if (method is not None and prune and
                              method.prune_fn(params["pruning"], "hard") is not None) else None
     self.prune_fn = self.method  # truthy when the engine prunes (kept for callers)
@@ -125,8 +128,7 @@ class Engine:
 
   def _chunk(self, rows: int, seq: int) -> int:
     """Packed tokens per loop step: `chunk`, smaller for small batches."""
-    return min(rows * seq, self.chunk if rows * seq > 4 * self.chunk
-               else max(8, self.chunk // 4))
+    return min(rows * seq, self.chunk if rows * seq > 4 * self.chunk else self.small_chunk)
 
   def _packed(self, keep, inputs, fn, out_widths):
     """Runs `fn` on the `keep` tokens of `inputs`, packed, and unpacks its outputs.
@@ -168,6 +170,9 @@ class Engine:
     layers = weights["layers"]
     prune_fn = self.method.prune_fn(weights["pruning"], "hard") if self.method else None
 
+    if prune_fn is None:
+      return self._run_dense(weights, input_ids, attention_mask, token_type_ids,
+                             with_positions)
     hidden = self.model.apply({"params": weights["model"]}, input_ids, attention_mask,
                               token_type_ids, method=lambda m, *a: m.embed(*a))
     mask = attention_mask.astype(jnp.float32)
@@ -229,6 +234,22 @@ class Engine:
     result = {"logits": logits, "kept": jnp.stack(kept, -1)}
     if with_positions:
       result["kept_positions"] = jnp.stack(kept_positions)
+    return result
+
+  def _run_dense(self, weights, input_ids, attention_mask, token_type_ids,
+                 with_positions):
+    """Without keep decisions: the plain padded forward. Packing would only remove
+    padding, and its gathers and loop steps cost more than that saves on
+    length-sorted batches (docs/engine.md), so the unpruned baseline is this."""
+    rows, seq = input_ids.shape
+    logits = self.model.apply({"params": weights["model"]}, input_ids, attention_mask,
+                              token_type_ids).logits
+    live = attention_mask > 0
+    kept = jnp.sum(live, axis=-1, dtype=jnp.int32)
+    result = {"logits": logits,
+              "kept": jnp.broadcast_to(kept[:, None], (rows, self.num_layers))}
+    if with_positions:
+      result["kept_positions"] = jnp.broadcast_to(live, (self.num_layers, rows, seq))
     return result
 
   # ------------------------------------------------------------------------- run
