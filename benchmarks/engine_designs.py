@@ -5,7 +5,8 @@
 On a few SST-2 dev batches (batch 32, length-sorted, from four points of the length
 range) and single examples, best of `--repeats` calls each, alternating systems:
   plain      `model.apply` jitted on the padded batch (no pruning, no packing)
-  unpruned   the engine without keep decisions
+  keep_all   the packed engine with a rule that keeps every token (the engine's
+             unpruned path is `plain`)
   chunk=C    the pruned engine with packed chunks of C tokens
 Prints one line per input and writes JSON with `--out`.
 """
@@ -49,7 +50,7 @@ def main(argv):
   systems = {
       "plain": lambda b: np.asarray(plain_fn(run.params["model"], b["input_ids"],
                                              b["attention_mask"], b["token_type_ids"])),
-      "unpruned": engine_lib.Engine(run.model, run.params, None, buckets),
+      "keep_all": benchmark.keep_all_engine(run, buckets),
   }
   for chunk in _CHUNKS.value:
     systems[f"chunk={chunk}"] = engine_lib.Engine(run.model, run.params, run.method,

@@ -84,3 +84,12 @@ def test_hf_pytorch_peer_in_its_own_process(tmp_path):
   with torch.inference_mode():
     expected = model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
   np.testing.assert_allclose(logits, expected, atol=1e-6)
+
+
+def test_pruned_is_compared_with_the_faster_unpruned_path_of_each_round():
+  # Round 1: the plain forward is faster; round 2: the packed one (coarse buckets).
+  seconds = {"pruned": [1.0, 1.0], "unpruned": [1.2, 3.0], "keep_all": [1.5, 1.4]}
+  r = benchmark.best_unpruned_ratios(seconds, reduction=2.0)
+  assert r["speedup_pruned_vs_best_unpruned"]["min"] == 1.2
+  assert r["speedup_pruned_vs_best_unpruned"]["max"] == 1.4
+  assert r["speedup_over_flops_reduction_best_unpruned"]["median"] == pytest.approx(0.65)

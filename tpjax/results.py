@@ -20,7 +20,7 @@ DEFAULT_DIR = os.path.join("benchmarks", "results")
 # Display names of the systems `tpjax.benchmark` measures, in table order.
 SYSTEM_NAMES = {
     "pruned": "pruned (compaction engine)",
-    "unpruned": "unpruned, same engine",
+    "unpruned": "unpruned (plain padded forward)",
     "keep_all": "keep-all compaction path",
     "padded": "unpruned, padded to {length}",
     "hf_pytorch": "HF PyTorch eager, own process",
