@@ -191,3 +191,16 @@ def test_decoder_saliency_probe_matches_finite_difference(tiny):
     fd = (shifted(eps) - shifted(-eps)) / (2 * eps)  # central difference
     assert abs(float(targets[stage][0, token])) > 1e-4
     np.testing.assert_allclose(float(targets[stage][0, token]), fd, rtol=2e-2, atol=2e-5)
+
+
+def test_predictors_round_trip_and_ratio_override(tmp_path):
+  params = sdtp_decoder.init_predictors(TINY, SCHEDULE, jax.random.PRNGKey(1))
+  sdtp_decoder.save_predictors(str(tmp_path), params, SCHEDULE, {"windows": 3})
+  loaded, schedule, meta = sdtp_decoder.load_predictors(str(tmp_path), TINY)
+  assert schedule == SCHEDULE and meta == {"windows": 3}
+  for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(loaded)):
+    np.testing.assert_array_equal(a, b)
+  # The same modules at another keep ratio: r^(s+1) at the same layers.
+  _, other, _ = sdtp_decoder.load_predictors(str(tmp_path), TINY, ratio=0.5)
+  assert other.layers == SCHEDULE.layers
+  np.testing.assert_allclose(other.keep, (0.5, 0.25))

@@ -310,6 +310,7 @@ def benchmark(workdir: str, task: Optional[str], split: Optional[str], batch_siz
   names = list(engines) + list(peers)
   seconds = {order: {s: [] for s in names} for order in orders}
   latency = {s: [] for s in names}
+
   # --------------------------------------------------------------- results
   def collect() -> dict:
     """The result of the rounds done so far."""
