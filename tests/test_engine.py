@@ -140,10 +140,13 @@ def test_one_compiled_function_per_shape_and_one_dispatch_per_batch(case):
   assert "while" in str(jaxpr)
 
 
-def test_no_pruning_path_matches_model(tiny_model):
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed_keep_all"])
+def test_no_pruning_path_matches_model(tiny_model, packed):
+  """The dense unpruned path, and the packed path under a rule that keeps everything."""
   model, model_params, tokenizer = tiny_model
   params = {"model": model_params, "pruning": {}}
-  engine = engine_lib.Engine(model, params, None, BUCKETS)
+  method = _method(model, method="threshold", final_threshold=-1.0) if packed else None
+  engine = engine_lib.Engine(model, params, method, BUCKETS, chunk=8)
   batch = tokenizer(helpers.PRUNING_TEXTS, length=32)
   expected = model.apply({"params": model_params}, **batch).logits
   out = engine(batch)

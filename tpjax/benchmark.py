@@ -41,12 +41,14 @@ def main(argv):
   # Checked before anything is loaded or written.
   benchmark.validate(_WORKDIR.value, _SYSTEMS.value, _ROUNDS.value, _BATCH.value,
                      _LATENCY_N.value, _ORDERS.value)
-  out = _OUT.value
+
+  def out_path(result: dict) -> str:  # the default names the task, known after loading
+    run = os.path.basename(os.path.normpath(_WORKDIR.value))
+    return _OUT.value or os.path.join("benchmarks", "results",
+                                      f"inference_{result['task']}_{run}.json")
 
   def write(result: dict) -> None:  # after every round: a cut run keeps its rounds
-    nonlocal out
-    out = out or os.path.join("benchmarks", "results", f"inference_{result['task']}_"
-                              f"{os.path.basename(os.path.normpath(_WORKDIR.value))}.json")
+    out = out_path(result)
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out + ".tmp", "w") as f:
       json.dump(result, f, indent=2)
@@ -62,7 +64,8 @@ def main(argv):
            if "latency_p50_ms" in r else "")
     print(f"{name:>12}: {first['examples_per_s']:8.1f} ex/s{lat}")
   print(json.dumps(result["ratios"], indent=2))
-  print(f"relative FLOPs {result['pruning'].get('relative_flops')}; written to {out}")
+  print(f"relative FLOPs {result['pruning'].get('relative_flops')}; "
+        f"written to {out_path(result)}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ Batch-1 latency runs the first `latency_examples` dev examples one at a time, in
 each round too, and pools the per-example times over rounds for p50/p99.
 """
 
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -312,6 +313,35 @@ def benchmark(workdir: str, task: Optional[str], split: Optional[str], batch_siz
   latency = {s: [] for s in names}
 
   # --------------------------------------------------------------- results
+  # What does not change between rounds (the keep decisions are final after warm-up).
+  summary = (flops_lib.summarize(lengths, kept, run.model.config, task)
+             if "pruned" in engines else {})
+  reduction = 1.0 / summary["relative_flops"] if summary else None
+  # Installed versions, read without importing the peers' libraries into this process.
+  versions = {"jax": jax.__version__, "python": platform.python_version()}
+  for module in ("torch", "transformers", "onnxruntime") if peers else ():
+    try:
+      versions[module] = importlib.metadata.version(module)
+    except importlib.metadata.PackageNotFoundError:
+      pass
+  fixed = {
+      "workdir": workdir, "task": task, "split": split, "examples": n,
+      "real_tokens": real_tokens, "batch_size": batch_size, "rounds_planned": rounds,
+      "orders": list(orders), "latency_examples": lat_n, "method": run.method.name,
+      "stage": run.stage, "buckets": list(buckets), "threads": threads,
+      "peer_env": {"OMP_WAIT_POLICY": "PASSIVE"},
+      "padding": {
+          "peers": "each batch padded to its own longest example",
+          "tpjax": "each batch padded to the smallest input bucket holding its longest "
+                   "example, partial last batch filled with empty rows; packing keeps "
+                   "padding out of the dense work",
+          "padded_tokens_peers": {o: int(sum(len(i) * lengths[i].max() for i in g))
+                                  for o, g in groups.items()}},
+      "device": jax.devices()[0].device_kind, "cpu_count": os.cpu_count(),
+      "processor": platform.processor() or platform.machine(),
+      "platform": platform.platform(), "versions": versions,
+      "compile": compile_info, "agreement": agreement, "pruning": summary}
+
   def collect() -> dict:
     """The result of the rounds done so far."""
     results = {}
@@ -334,17 +364,12 @@ def benchmark(workdir: str, task: Optional[str], split: Optional[str], batch_siz
         entry["latency_round_p99_ms"] = [round(float(np.percentile(x, 99)), 3) for x in ms]
       results[name] = entry
 
-    summary = {}
-    if "pruned" in engines:
-      summary = flops_lib.summarize(lengths, kept, run.model.config, task)
-
     ratios = {}
     for order in orders:
       s = seconds[order]
       r = {}
       if "pruned" in s and "unpruned" in s:
         r["speedup_pruned_vs_unpruned"] = _paired(s["unpruned"], s["pruned"])
-        reduction = 1.0 / summary["relative_flops"]
         r["flops_reduction"] = reduction
         r["speedup_over_flops_reduction"] = {
             k: v / reduction for k, v in r["speedup_pruned_vs_unpruned"].items()}
@@ -375,35 +400,10 @@ def benchmark(workdir: str, task: Optional[str], split: Optional[str], batch_siz
             results["onnxruntime"]["latency_round_p50_ms"])
       ratios["batch1"] = lat
 
-    versions = {"jax": jax.__version__, "python": platform.python_version()}
-    for module in ("torch", "transformers", "onnxruntime"):
-      if any(p in systems for p in PEER_SYSTEMS):
-        try:
-          versions[module] = __import__(module).__version__
-        except ImportError:
-          pass
-    return {
-        "workdir": workdir, "task": task, "split": split, "examples": n,
-        "real_tokens": real_tokens, "batch_size": batch_size,
-        "rounds": len(seconds[orders[0]][names[0]]), "rounds_planned": rounds,
-        "orders": list(orders), "latency_examples": lat_n, "method": run.method.name,
-        "stage": run.stage, "buckets": list(buckets), "threads": threads,
-        "peer_env": {"OMP_WAIT_POLICY": "PASSIVE"},
-        "padding": {
-            "peers": "each batch padded to its own longest example",
-            "tpjax": "each batch padded to the smallest input bucket holding its longest "
-                     "example, partial last batch filled with empty rows; packing keeps "
-                     "padding out of the dense work",
-            "padded_tokens_peers": {o: int(sum(len(i) * lengths[i].max() for i in g))
-                                    for o, g in groups.items()}},
-        "load_average": {"start": [round(x, 2) for x in load_start],
-                         "end": [round(x, 2) for x in os.getloadavg()]},
-        "device": jax.devices()[0].device_kind, "cpu_count": os.cpu_count(),
-        "processor": platform.processor() or platform.machine(),
-        "platform": platform.platform(), "versions": versions,
-        "compile": compile_info, "agreement": agreement,
-        "systems": results, "ratios": ratios, "pruning": summary,
-    }
+    return {**fixed, "rounds": len(seconds[orders[0]][names[0]]),
+            "load_average": {"start": [round(x, 2) for x in load_start],
+                             "end": [round(x, 2) for x in os.getloadavg()]},
+            "systems": results, "ratios": ratios}
 
   bar = tqdm.trange(rounds, desc="paired rounds", disable=not progress)
   for r in bar:

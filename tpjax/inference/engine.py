@@ -118,10 +118,11 @@ class Engine:
     self.small_chunk = small_chunk
     self.method = method if (method is not None and prune and
                              method.prune_fn(params["pruning"], "hard") is not None) else None
-    self.prune_fn = self.method  # truthy when the engine prunes (kept for callers)
-    self.weights = {"model": params["model"], "pruning": params["pruning"],
-                    "layers": fuse_layers(params["model"], self.num_layers)}
-    self._forward = jax.jit(self._run, static_argnames=("with_positions",))
+    self.weights = {"model": params["model"], "pruning": params["pruning"]}
+    if self.method:  # the packed path's fused weights; the dense path reads the model's
+      self.weights["layers"] = fuse_layers(params["model"], self.num_layers)
+    self._forward = jax.jit(self._run if self.method else self._run_dense,
+                            static_argnames=("with_positions",))
     self.compile_seconds: dict[tuple[int, int], float] = {}
 
   # ---------------------------------------------------------------- compiled part
@@ -168,11 +169,8 @@ class Engine:
     eps = cfg.layer_norm_eps
     act = encoder_lib._activation(cfg)  # pylint: disable=protected-access
     layers = weights["layers"]
-    prune_fn = self.method.prune_fn(weights["pruning"], "hard") if self.method else None
+    prune_fn = self.method.prune_fn(weights["pruning"], "hard")
 
-    if prune_fn is None:
-      return self._run_dense(weights, input_ids, attention_mask, token_type_ids,
-                             with_positions)
     hidden = self.model.apply({"params": weights["model"]}, input_ids, attention_mask,
                               token_type_ids, method=lambda m, *a: m.embed(*a))
     mask = attention_mask.astype(jnp.float32)
@@ -211,12 +209,10 @@ class Engine:
       live = mask > 0
       context, probs = attention_core(qkv, mask)
       (out,) = self._packed(live, (context, h), attention_output(layers[layer]), (width,))
-      new = mask
-      if prune_fn is not None:
-        new, scale, _ = prune_fn(layer, probs, mask, out, lengths, protected)
-        if scale is not None:
-          raise ValueError("The engine runs hard keep decisions; this method's prune_fn "
-                           "returned an output scale.")
+      new, scale, _ = prune_fn(layer, probs, mask, out, lengths, protected)
+      if scale is not None:
+        raise ValueError("The engine runs hard keep decisions; this method's prune_fn "
+                         "returned an output scale.")
       keep = new > 0
       kept.append(jnp.sum(keep, axis=-1, dtype=jnp.int32))
       if with_positions:
@@ -236,7 +232,7 @@ class Engine:
       result["kept_positions"] = jnp.stack(kept_positions)
     return result
 
-  def _run_dense(self, weights, input_ids, attention_mask, token_type_ids,
+  def _run_dense(self, weights, input_ids, attention_mask, token_type_ids, *,
                  with_positions):
     """Without keep decisions: the plain padded forward. Packing would only remove
     padding, and its gathers and loop steps cost more than that saves on
