@@ -14,6 +14,7 @@ import pytest
 
 from configs import common
 from tpjax import train
+from tpjax.models import encoder
 from tpjax.pruning import ltp
 from tpjax.pruning import ltp_variant
 from tpjax.pruning import topk
@@ -35,7 +36,8 @@ def _probs():
 
 def _call(fn, index, probs, mask):
   protected = jnp.zeros(mask.shape, bool)
-  return fn(index, probs, mask, None, jnp.sum(mask > 0, -1).astype(jnp.int32), protected)
+  return fn(index, encoder.attention_received(probs, mask), mask, None,
+            jnp.sum(mask > 0, -1).astype(jnp.int32), protected)
 
 
 # 1. Layer 0 ---------------------------------------------------------------------

@@ -69,8 +69,8 @@ def test_prune_fn_mask_reaches_later_layers():
   params = _init(model)
   ids, mask = _batch()
 
-  def drop_token_two(index, probs, token_mask, hidden, lengths, protected):
-    del probs, hidden
+  def drop_token_two(index, received, token_mask, hidden, lengths, protected):
+    del received, hidden
     np.testing.assert_array_equal(lengths, [4, 6])
     np.testing.assert_array_equal(protected[:, 0], True)  # [CLS]
     if index == 0:

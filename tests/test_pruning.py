@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tpjax.models import config as config_lib
+from tpjax.models.encoder import attention_received as received
 from tpjax.pruning import flops
 from tpjax.pruning import ltp
 from tpjax.pruning import scores
@@ -88,17 +89,16 @@ def test_ltp_stage_hooks():
   params = method.init_params(None)
   assert method.prune_fn(params, "finetune") is None
   probs, mask = _probs()
-  lengths = jnp.array([3])
-  new_mask, scale, aux = method.prune_fn(params, "soft")(1, probs, mask, None, lengths,
-                                                         None)
+  lengths, r = jnp.array([3]), received(probs, mask)
+  new_mask, scale, aux = method.prune_fn(params, "soft")(1, r, mask, None, lengths, None)
   np.testing.assert_array_equal(new_mask, mask)  # reference: mask unchanged
   assert scale is aux and float(scale[0, 0]) == 1.0 and float(scale[0, 3]) == 0.0
-  keep, scale, _ = method.prune_fn(params, "hard")(1, probs, mask, None, lengths, None)
+  keep, scale, _ = method.prune_fn(params, "hard")(1, r, mask, None, lengths, None)
   assert scale is None
   # live scores 0.367, 0.367, 0.267 against theta_1 = 0.25: all real tokens stay
   np.testing.assert_array_equal(keep, [[1, 1, 1, 0]])
   params = {"delta": jnp.array([0.0, 0.05])}  # theta_1 = 0.3 drops token 2
-  keep, _, _ = method.prune_fn(params, "hard")(1, probs, mask, None, lengths, None)
+  keep, _, _ = method.prune_fn(params, "hard")(1, r, mask, None, lengths, None)
   np.testing.assert_array_equal(keep, [[1, 1, 0, 0]])
 
 
@@ -107,7 +107,7 @@ def test_cumulative_variant_multiplies_masks():
   probs, _ = _probs()
   mask = jnp.array([[1.0, 0.5, 1.0, 0.0]])
   new_mask, scale, _ = method.prune_fn(method.init_params(None), "soft")(
-      1, probs, mask, None, jnp.array([3]), None)
+      1, received(probs, mask), mask, None, jnp.array([3]), None)
   assert scale is None
   assert float(new_mask[0, 1]) <= 0.5 and float(new_mask[0, 0]) == 1.0
   assert float(new_mask[0, 3]) == 0.0

@@ -108,7 +108,7 @@ def test_policy_attention_equals_masked_attention_for_kept_tokens(tiny_sdtp):
   dropped = np.array(batch["attention_mask"], np.float32)
   dropped[:, 2] = 0.0  # a hard-dropped token at every layer's keys
 
-  def prune(index, probs, token_mask, hidden, lengths, protected):
+  def prune(index, received, token_mask, hidden, lengths, protected):
     return token_mask * jnp.asarray(dropped), None, None
 
   run = lambda softmax: model.apply({"params": model_params}, **batch, prune_fn=prune,
@@ -122,7 +122,7 @@ def test_policy_attention_equals_masked_attention_for_kept_tokens(tiny_sdtp):
   assert method.attention_softmax("hard") is None
 
   def logit_sum(weight):
-    def scaled(index, probs, token_mask, hidden, lengths, protected):
+    def scaled(index, received, token_mask, hidden, lengths, protected):
       return token_mask * weight, None, None
     return jnp.sum(model.apply({"params": model_params}, **batch, prune_fn=scaled,
                                attention_softmax=method.attention_softmax("soft")).logits)

@@ -24,6 +24,7 @@ length-sorted batches that is faster than packing away the padding, so the unpru
 baseline is the fastest unpruned path, not a slowed-down one.
 """
 
+import functools
 import time
 from typing import Optional, Sequence
 
@@ -36,32 +37,61 @@ from tpjax.models import encoder as encoder_lib
 from tpjax.pruning import base
 
 
-def pack_indices(keep: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Where each kept token goes in the packed layout, and back.
+def row_of(packed: jax.Array, end: jax.Array) -> jax.Array:
+  """The row of every packed index, for rows whose tokens end at `end` <int32>[B]."""
+  return jnp.minimum(jnp.searchsorted(end, packed, side="right"), end.shape[0] - 1)
 
-  Packed order is row-major over kept tokens, each row's in its original slot order.
+
+def compaction(keep: jax.Array, start: jax.Array, span: int
+               ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  """Where each kept token comes from when a packed batch drops the others.
+
+  Packed order is row-major: row b's tokens sit at start[b], start[b] + 1, ... in
+  their row slot order. Row slot j of row b is packed token start[b] + j.
 
   Args:
-    keep: <bool>[B, S].
+    keep: <bool>[B, S] over row slots (only live slots may be kept).
+    start: <int32>[B] where each row starts in the current packed layout.
+    span: length of the new packed index.
   Returns:
-    source <int32>[B*S]: flat row-layout index of packed token p (p < total; later
-      entries point at some valid slot and are ignored);
-    dest <int32>[B, S]: packed index of row b's j-th kept token, B*S where j is past
-      the row's kept count (reads as zero with mode='fill');
-    total <int32>[]: kept tokens in the batch.
+    source <int32>[span]: current packed index of new packed token p (entries past
+      the kept total point at some valid token and are ignored);
+    order <int32>[B, S]: the stable reordering that moves each row's kept slots first;
+    new_start <int32>[B], total <int32>[]: the new layout.
   """
   rows, seq = keep.shape
   kept = jnp.sum(keep, axis=-1, dtype=jnp.int32)
   end = jnp.cumsum(kept)
-  start = end - kept
+  new_start = end - kept
   order = jnp.argsort(~keep, axis=-1, stable=True)          # kept slots first
-  p = jnp.arange(rows * seq, dtype=jnp.int32)
-  row = jnp.minimum(jnp.sum(p[:, None] >= end[None, :], axis=1), rows - 1)
-  j = jnp.clip(p - start[row], 0, seq - 1)
-  source = row * seq + order[row, j]
+  p = jnp.arange(span, dtype=jnp.int32)
+  row = row_of(p, end)
+  j = jnp.clip(p - new_start[row], 0, seq - 1)
+  source = jnp.minimum(start[row] + order[row, j], span - 1)
+  return source, order, new_start, end[-1]
+
+
+def flat_slots(start: jax.Array, count: jax.Array, seq: int, span: int) -> jax.Array:
+  """<int32>[span]: the flat row-layout index (b * seq + j) of every packed token, for
+  rows whose tokens fill their first count[b] slots and start at start[b] when packed
+  (entries past the total point at some valid slot and are ignored)."""
+  p = jnp.arange(span, dtype=jnp.int32)
+  row = row_of(p, start + count)
+  return row * seq + jnp.clip(p - start[row], 0, seq - 1)
+
+
+def row_view(packed: jax.Array, start: jax.Array, count: jax.Array, seq: int) -> jax.Array:
+  """<float32>[N, d] packed -> [B, seq, d] rows, each row's tokens first, zeros after."""
   slot = jnp.arange(seq, dtype=jnp.int32)[None, :]
-  dest = jnp.where(slot < kept[:, None], start[:, None] + slot, rows * seq)
-  return source, dest, end[-1]
+  index = jnp.where(slot < count[:, None], start[:, None] + slot, packed.shape[0])
+  return jnp.take(packed, index, axis=0, mode="fill", fill_value=0)
+
+
+def block_sizes(n: int) -> tuple[int, ...]:
+  """Sizes a block of at most n tokens is rounded up to when it runs as one piece:
+  1/8, 1/4, 3/8, 1/2, 3/4 and all of n, rounded up to multiples of 8 (ascending, the
+  last is n)."""
+  return tuple(sorted({min(n, -(-n * k // 64) * 8) for k in (1, 2, 3, 4, 6, 8)}))
 
 
 def _layer_norm(p: dict, x: jax.Array, eps: float) -> jax.Array:
@@ -102,9 +132,10 @@ class Engine:
     method: the pruning method; None or `base.Method()` disables pruning.
     buckets: allowed input lengths, ascending; the last is the longest input.
     prune: False runs the method-free path even if a method is given.
-    chunk: packed tokens per loop step.
-    small_chunk: packed tokens per loop step for inputs of at most 4 x chunk tokens
-      (e.g. batch 1), where a loop step's dispatch costs more than its padding.
+    chunk: packed tokens per loop step; inputs of at most 4 x chunk tokens (e.g.
+      batch 1) run each block as one piece instead (`block_sizes`).
+    small_chunk: tokens per step of the loop that runs what is left after the full
+      chunks, so padding stays under small_chunk tokens per block.
   """
 
   def __init__(self, model: encoder_lib.EncoderModel, params: dict,
@@ -127,40 +158,54 @@ class Engine:
 
   # ---------------------------------------------------------------- compiled part
 
-  def _chunk(self, rows: int, seq: int) -> int:
-    """Packed tokens per loop step: `chunk`, smaller for small batches."""
-    return min(rows * seq, self.chunk if rows * seq > 4 * self.chunk else self.small_chunk)
+  def _small(self, rows: int, seq: int) -> bool:
+    """Small inputs (e.g. batch 1) run each block as one piece: at a few dozen tokens
+    a matmul costs about the same for 8 rows as for 32 (the weights are read either
+    way), so splitting a block into chunks would cost more than its padding."""
+    return rows * seq <= 4 * self.chunk
 
-  def _packed(self, keep, inputs, fn, out_widths):
-    """Runs `fn` on the `keep` tokens of `inputs`, packed, and unpacks its outputs.
+  def _span(self, rows: int, seq: int) -> int:
+    """Length of every packed array: rows x seq, rounded up to a chunk for loops."""
+    if self._small(rows, seq):
+      return rows * seq
+    return -(-rows * seq // self.chunk) * self.chunk
+
+  def _loop(self, total, fn, gathered, sliced, into, rows, seq):
+    """Runs the per-token `fn` on the first `total` packed tokens.
 
     Args:
-      keep: <bool>[B, S] tokens to run.
-      inputs: tuple of <float32>[B, S, d_i] row-layout arrays.
-      fn: per-token function, tuple of [chunk, d_i] -> tuple of [chunk, out_widths_j].
-      out_widths: the output feature sizes.
+      total: <int32>[] tokens to run (a device value: it sets the trip counts).
+      fn: tuple of [c, d_i] -> tuple of [c, e_j].
+      gathered: (array [M, d], source <int32>[span]) pairs: input i of packed token p
+        is array[source[p]].
+      sliced: packed arrays [span, d], read in place.
+      into: arrays [span, e_j] no longer needed, written over (a fresh zero buffer
+        would cost a fill and a copy into the loop per call).
     Returns:
-      tuple of <float32>[B, S, out_widths_j], each row's kept tokens first (in
-      order), zeros after them.
+      tuple of <float32>[span, e_j]; rows past `total` hold junk.
     """
-    rows, seq = keep.shape
-    source, dest, total = pack_indices(keep)
-    chunk = self._chunk(rows, seq)
-    span = -(-rows * seq // chunk) * chunk
-    source = jnp.pad(source, (0, span - rows * seq))
-    flats = tuple(x.reshape(rows * seq, x.shape[-1]) for x in inputs)
-    dtype = inputs[0].dtype
+    def step(size, offset):
+      def body(i, outs):
+        at = offset + i * size
+        xs = [jnp.take(x, jax.lax.dynamic_slice(src, (at,), (size,)), axis=0,
+                       mode="clip") for x, src in gathered]
+        xs += [jax.lax.dynamic_slice(x, (at, 0), (size, x.shape[1])) for x in sliced]
+        return tuple(jax.lax.dynamic_update_slice(o, y, (at, 0))
+                     for o, y in zip(outs, fn(*xs)))
+      return body
 
-    def body(i, outs):
-      idx = jax.lax.dynamic_slice(source, (i * chunk,), (chunk,))
-      ys = fn(*(jnp.take(x, idx, axis=0) for x in flats))
-      return tuple(jax.lax.dynamic_update_slice(o, y, (i * chunk, 0))
-                   for o, y in zip(outs, ys))
-
-    # As many chunks as the kept total needs: the trip count is data, not shape.
-    outs = jax.lax.fori_loop(0, (total + chunk - 1) // chunk, body,
-                             tuple(jnp.zeros((span, w), dtype) for w in out_widths))
-    return tuple(jnp.take(o, dest, axis=0, mode="fill", fill_value=0) for o in outs)
+    outs = tuple(into)
+    if self._small(rows, seq):
+      # One piece, of the smallest block size that holds `total`.
+      sizes = block_sizes(self._span(rows, seq))
+      return jax.lax.switch(jnp.searchsorted(jnp.asarray(sizes), total),
+                            [functools.partial(step(size, 0), 0) for size in sizes], outs)
+    # Trip counts are data, not shape: full chunks, then the rest in small ones, so the
+    # work past `total` is under one small chunk.
+    full = total // self.chunk
+    outs = jax.lax.fori_loop(0, full, step(self.chunk, 0), outs)
+    rest = (total - full * self.chunk + self.small_chunk - 1) // self.small_chunk
+    return jax.lax.fori_loop(0, rest, step(self.small_chunk, full * self.chunk), outs)
 
   def _run(self, weights, input_ids, attention_mask, token_type_ids, *, with_positions):
     cfg = self.model.config
@@ -170,6 +215,8 @@ class Engine:
     act = encoder_lib._activation(cfg)  # pylint: disable=protected-access
     layers = weights["layers"]
     prune_fn = self.method.prune_fn(weights["pruning"], "hard")
+    span = self._span(rows, seq)
+    loop = lambda *a: self._loop(*a, rows, seq)
 
     hidden = self.model.apply({"params": weights["model"]}, input_ids, attention_mask,
                               token_type_ids, method=lambda m, *a: m.embed(*a))
@@ -178,14 +225,26 @@ class Engine:
     protected = encoder_lib.protected_tokens(attention_mask, token_type_ids)
     positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (rows, seq))
 
-    def attention_core(qkv, mask):
-      """Per-example attention on rows: [B, S, 3 width] -> context, probs."""
-      split = lambda x: x.reshape(rows, seq, heads, width // heads)
-      q, k, v = (split(qkv[..., i * width:(i + 1) * width]) for i in range(3))
-      logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(width // heads).astype(
-          q.dtype)
-      probs = jax.nn.softmax(logits + encoder_lib.key_bias(mask), axis=-1)
-      return jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(rows, seq, width), probs
+    def attention_at(w):
+      """Per-example attention on the first w row slots (the live ones):
+      packed qkv -> context <float32>[B, S, width], received <float32>[B, S]."""
+      def fn(qkv, start, count, mask):
+        split = lambda x: x.reshape(rows, w, heads, width // heads)
+        qkv_rows = row_view(qkv, start, count, w)
+        q, k, v = (split(qkv_rows[..., i * width:(i + 1) * width]) for i in range(3))
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(width // heads).astype(
+            q.dtype)
+        probs = jax.nn.softmax(logits + encoder_lib.key_bias(mask[:, :w]), axis=-1)
+        context = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(rows, w, width)
+        received = encoder_lib.attention_received(probs, mask[:, :w])
+        return (jnp.pad(context, ((0, 0), (0, seq - w), (0, 0))),
+                jnp.pad(received, ((0, 0), (0, seq - w))))
+      return fn
+
+    # Rows hold their live tokens first, so attention runs at the narrowest width that
+    # holds the longest row: its score work shrinks with pruning as the dense work does.
+    widths = block_sizes(seq)
+    attention = [attention_at(w) for w in widths]
 
     def attention_output(p):
       return lambda context, h: (_layer_norm(p["attn_norm"],
@@ -203,29 +262,43 @@ class Engine:
         return x, _dense(layers[layer + 1]["qkv"], x)
       return fn
 
-    h, qkv = self._packed(mask > 0, (hidden,), feed_forward(-1), (width, 3 * width))
+    # Packed layout: row b's live tokens at start[b] .. start[b] + count[b] - 1. Rows
+    # are right-padded, so entering it is a compaction of the flat rows.
+    count = lengths
+    start = jnp.cumsum(count) - count
+    total = jnp.sum(count)
+    h, qkv, out = (jnp.zeros((span, w), hidden.dtype) for w in (width, 3 * width, width))
+    h, qkv = loop(total, feed_forward(-1),
+                  [(hidden.reshape(rows * seq, width), flat_slots(start, count, seq, span))],
+                  [], (h, qkv))
     kept, kept_positions = [], []
     for layer in range(self.num_layers):
-      live = mask > 0
-      context, probs = attention_core(qkv, mask)
-      (out,) = self._packed(live, (context, h), attention_output(layers[layer]), (width,))
-      new, scale, _ = prune_fn(layer, probs, mask, out, lengths, protected)
+      narrowest = jnp.searchsorted(jnp.asarray(widths), jnp.max(count))
+      context, received = jax.lax.switch(narrowest, attention, qkv, start, count, mask)
+      (out,) = loop(total, attention_output(layers[layer]),
+                    [(context.reshape(rows * seq, width), flat_slots(start, count, seq, span))],
+                    [h], (out,))
+      new, scale, _ = prune_fn(layer, received, mask, row_view(out, start, count, seq),
+                               lengths, protected)
       if scale is not None:
         raise ValueError("The engine runs hard keep decisions; this method's prune_fn "
                          "returned an output scale.")
       keep = new > 0
-      kept.append(jnp.sum(keep, axis=-1, dtype=jnp.int32))
+      count = jnp.sum(keep, axis=-1, dtype=jnp.int32)
+      kept.append(count)
       if with_positions:
         full = jnp.zeros((rows, seq), bool).at[jnp.arange(rows)[:, None], positions].set(keep)
         kept_positions.append(full)
-      order = jnp.argsort(~keep, axis=-1, stable=True)
+      source, order, start, total = compaction(keep, start, span)
       mask, positions, protected = (jnp.take_along_axis(x, order, axis=1)
                                     for x in (new, positions, protected))
       last = layer + 1 == self.num_layers
-      outs = self._packed(keep, (out,), feed_forward(layer),
-                          (width,) if last else (width, 3 * width))
+      outs = loop(total, feed_forward(layer), [(out, source)], [],
+                  (h,) if last else (h, qkv))
       h, qkv = outs if not last else (outs[0], None)
-    logits = self.model.apply({"params": weights["model"]}, h,
+    # [CLS] is kept, first in its row (clip: a filler row with no tokens reads junk)
+    cls = jnp.take(h, start, axis=0, mode="clip")[:, None, :]
+    logits = self.model.apply({"params": weights["model"]}, cls,
                               method=lambda m, h: m.head(h))
     result = {"logits": logits, "kept": jnp.stack(kept, -1)}
     if with_positions:

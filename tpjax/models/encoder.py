@@ -5,10 +5,13 @@ so that weight import is a rename and a transpose.
 
 Pruning plugs in through `prune_fn`, called after every layer's attention:
 
-    prune_fn(layer_index, attention_probs, token_mask, hidden, lengths, protected)
+    prune_fn(layer_index, received, token_mask, hidden, lengths, protected)
         -> (token_mask, scale, aux)
 
-    attention_probs  <float32>[batch, heads, seq, seq]  pre-dropout probabilities
+    received         <float32>[batch, seq]  attention each token receives from the
+                     live query rows, mean over heads (`attention_received` of the
+                     pre-dropout probabilities); a vector, so the inference engine
+                     can compute it at a narrower width than the input's
     token_mask       <float32>[batch, seq]  1 live, 0 gone; soft values in between act
                      as soft key weights in the next layer's attention
     hidden           <float32>[batch, seq, hidden]  the layer's post-attention state
@@ -117,6 +120,18 @@ def protected_tokens(attention_mask: jax.Array, token_type_ids: jax.Array) -> ja
   last_first_segment = jnp.max(jnp.where(real & (token_type_ids == 0), index, 0), axis=-1,
                                keepdims=True)
   return real & ((index == 0) | (index == last) | (index == last_first_segment))
+
+
+def attention_received(probs: jax.Array, token_mask: jax.Array) -> jax.Array:
+  """Attention each key receives from the live query rows, mean over heads.
+
+  Args:
+    probs: <float32>[batch, heads, seq, seq] attention probabilities (query, key).
+    token_mask: <float32>[batch, seq] weight of each query row (0 padding/pruned).
+  Returns:
+    <float32>[batch, seq].
+  """
+  return jnp.einsum("bhqk,bq->bk", probs, token_mask) / probs.shape[1]
 
 
 def key_bias(token_mask: jax.Array) -> jax.Array:
@@ -344,8 +359,8 @@ class EncoderModel(nn.Module):
       hidden, probs = layer.attend(hidden, token_mask, deterministic, attention_softmax)
       scale = None
       if prune_fn is not None:
-        token_mask, scale, aux = prune_fn(index, probs, token_mask, hidden, lengths,
-                                          protected)
+        token_mask, scale, aux = prune_fn(index, attention_received(probs, token_mask),
+                                          token_mask, hidden, lengths, protected)
         all_masks.append(token_mask)
         all_aux.append(aux)
       hidden = layer.feed_forward(hidden, deterministic)

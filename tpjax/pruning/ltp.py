@@ -83,8 +83,8 @@ class ThresholdMethod(base.Method):
       theta = theta + params["delta"]
     return theta if self._prunes(0) else theta.at[0].set(0.0)
 
-  def _score(self, probs, token_mask):
-    return scores.importance(probs, token_mask, self.config.score_norm,
+  def _score(self, received, token_mask):
+    return scores.normalized(received, token_mask, self.config.score_norm,
                              self.config.score_norm_constant)
 
   def prune_fn(self, params, stage, rng=None):
@@ -94,19 +94,19 @@ class ThresholdMethod(base.Method):
     theta = self.thresholds(params)
     cfg, choices = self.config, self.choices
 
-    def hard(index, probs, token_mask, hidden, lengths, protected):
+    def hard(index, received, token_mask, hidden, lengths, protected):
       del hidden, lengths, protected
       if not self._prunes(index):
         return token_mask, None, None
       threshold = jnp.maximum(jax.lax.stop_gradient(theta[index]),
                               choices["threshold_floor"])
-      return hard_keep(self._score(probs, token_mask), threshold, token_mask), None, None
+      return hard_keep(self._score(received, token_mask), threshold, token_mask), None, None
 
-    def soft(index, probs, token_mask, hidden, lengths, protected):
+    def soft(index, received, token_mask, hidden, lengths, protected):
       del hidden, lengths, protected
       if not self._prunes(index):
         return token_mask, None, None
-      m = soft_mask(self._score(probs, token_mask), theta[index], cfg.temperature)
+      m = soft_mask(self._score(received, token_mask), theta[index], cfg.temperature)
       m = scores.protect_first(m, token_mask)
       if choices["soft_variant"] == "reference":
         new_mask, scale = token_mask, m

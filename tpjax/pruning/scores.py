@@ -9,12 +9,14 @@ LTP reference's scale) or the number of live tokens ('live').
 import jax
 import jax.numpy as jnp
 
+from tpjax.models import encoder
+
 SCORE_NORMS = ("fixed", "live")
 
 
 def importance(probs: jax.Array, token_mask: jax.Array, norm: str = "fixed",
                constant: float = 128.0) -> jax.Array:
-  """Attention each token receives from the live query rows.
+  """Attention each token receives from the live query rows, normalised.
 
   Args:
     probs: <float32>[batch, heads, seq, seq] attention probabilities (query, key).
@@ -25,10 +27,16 @@ def importance(probs: jax.Array, token_mask: jax.Array, norm: str = "fixed",
   Returns:
     <float32>[batch, seq]; 0 for dead tokens.
   """
+  return normalized(encoder.attention_received(probs, token_mask), token_mask, norm,
+                    constant)
+
+
+def normalized(received: jax.Array, token_mask: jax.Array, norm: str = "fixed",
+               constant: float = 128.0) -> jax.Array:
+  """`importance` from `encoder.attention_received` <float32>[batch, seq] (what the
+  encoder's prune_fn hook gets)."""
   if norm not in SCORE_NORMS:
     raise ValueError(f"score norm {norm!r} is not one of {SCORE_NORMS}.")
-  heads = probs.shape[1]
-  received = jnp.einsum("bhqk,bq->bk", probs, token_mask) / heads
   if norm == "fixed":
     z = jnp.asarray(constant, received.dtype)
   else:

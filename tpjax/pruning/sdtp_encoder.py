@@ -151,8 +151,8 @@ class SDTPMethod(base.Method):
     if stage == "soft" and rng is None:
       raise ValueError("SDTP's soft stage samples its masks: prune_fn needs an rng.")
 
-    def prune(index, probs, token_mask, hidden, lengths, protected):
-      del probs
+    def prune(index, received, token_mask, hidden, lengths, protected):
+      del received
       if index not in self.stage_of:
         return token_mask, None, None
       logits = self._logits(params, index, hidden)

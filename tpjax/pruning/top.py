@@ -212,9 +212,9 @@ class ToPMethod(base.Method):
     else:
       bin_keep = jax.lax.stop_gradient(self.hard_bin_keep(params))
 
-    def prune(index, probs, token_mask, hidden, lengths, protected):
+    def prune(index, received, token_mask, hidden, lengths, protected):
       del hidden, lengths
-      score = scores.importance(probs, token_mask, cfg.score_norm, cfg.score_norm_constant)
+      score = scores.normalized(received, token_mask, cfg.score_norm, cfg.score_norm_constant)
       live = token_mask > 0
       prunable = live & ~protected
       gate = bin_keep[index][rank_bins(score, prunable, cfg.top_bins)]

@@ -65,11 +65,11 @@ class TopKMethod(base.Method):
       return None
     cfg = self.config
 
-    def hard(index, probs, token_mask, hidden, lengths, protected):
+    def hard(index, received, token_mask, hidden, lengths, protected):
       del hidden, protected
       round_fn = jnp.round if self.rounding == "round" else jnp.ceil  # half to even
       k = round_fn(self.rates[index] * lengths).astype(jnp.int32)
-      score = scores.importance(probs, token_mask, cfg.score_norm, cfg.score_norm_constant)
+      score = scores.normalized(received, token_mask, cfg.score_norm, cfg.score_norm_constant)
       return top_k_keep(score, token_mask, k), None, None
 
     return hard
