@@ -98,13 +98,15 @@ def test_compacted_equals_masked(case, name):
 
 
 def test_chunk_size_does_not_change_results(case):
-  """Packed chunks of 8 or 256 tokens (one chunk holds the whole batch)."""
+  """Chunks of 8, chunks of 32 with the rest in 8s, or one piece (the whole batch
+  fits one chunk of 256)."""
   batch = case.tokenizer(case.texts, length=32)
   outs = [engine_lib.Engine(case.model, case.params, case.method, BUCKETS, chunk=c,
-                            small_chunk=c)(batch)
-          for c in (8, 256)]
-  np.testing.assert_array_equal(outs[0]["kept"], outs[1]["kept"])
-  np.testing.assert_allclose(outs[0]["logits"], outs[1]["logits"], atol=EXACT_ATOL)
+                            small_chunk=s)(batch)
+          for c, s in ((8, 8), (32, 8), (256, 32))]
+  for out in outs[1:]:
+    np.testing.assert_array_equal(outs[0]["kept"], out["kept"])
+    np.testing.assert_allclose(outs[0]["logits"], out["logits"], atol=EXACT_ATOL)
 
 
 def test_compaction_and_row_view():

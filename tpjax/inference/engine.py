@@ -132,21 +132,24 @@ class Engine:
     method: the pruning method; None or `base.Method()` disables pruning.
     buckets: allowed input lengths, ascending; the last is the longest input.
     prune: False runs the method-free path even if a method is given.
-    chunk: packed tokens per loop step; inputs of at most 4 x chunk tokens (e.g.
-      batch 1) run each block as one piece instead (`block_sizes`).
+    chunk: packed tokens per loop step; inputs of at most one chunk (e.g. batch 1)
+      run each block as one piece instead, of a size from `block_sizes`.
     small_chunk: tokens per step of the loop that runs what is left after the full
       chunks, so padding stays under small_chunk tokens per block.
   """
 
   def __init__(self, model: encoder_lib.EncoderModel, params: dict,
                method: Optional[base.Method], buckets: Sequence[int], prune: bool = True,
-               chunk: int = 128, small_chunk: int = 16):
+               chunk: int = 256, small_chunk: int = 32):
     self.model = model
     self.params = params
     self.buckets = tuple(sorted(buckets))
     self.num_layers = model.config.num_hidden_layers
     self.chunk = chunk
-    self.small_chunk = small_chunk
+    self.small_chunk = small_chunk = min(small_chunk, chunk)
+    if small_chunk < 1 or chunk % small_chunk:
+      raise ValueError(f"chunk={chunk} must be a positive multiple of small_chunk="
+                       f"{small_chunk}.")
     self.method = method if (method is not None and prune and
                              method.prune_fn(params["pruning"], "hard") is not None) else None
     self.weights = {"model": params["model"], "pruning": params["pruning"]}
@@ -159,10 +162,10 @@ class Engine:
   # ---------------------------------------------------------------- compiled part
 
   def _small(self, rows: int, seq: int) -> bool:
-    """Small inputs (e.g. batch 1) run each block as one piece: at a few dozen tokens
-    a matmul costs about the same for 8 rows as for 32 (the weights are read either
-    way), so splitting a block into chunks would cost more than its padding."""
-    return rows * seq <= 4 * self.chunk
+    """Inputs of at most one chunk (e.g. batch 1) run each block as one piece: at a
+    few dozen tokens a matmul costs about the same for 8 rows as for 32 (the weights
+    are read either way), so splitting a block would cost more than its padding."""
+    return rows * seq <= self.chunk
 
   def _span(self, rows: int, seq: int) -> int:
     """Length of every packed array: rows x seq, rounded up to a chunk for loops."""
