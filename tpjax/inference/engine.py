@@ -1,27 +1,31 @@
 """Inference that removes pruned tokens for real: one compiled call per batch shape.
 
 Layout (docs/engine.md has the picture and the measurements behind it). A batch
-<int32>[B, S0] (right-padded, S0 an input bucket) runs through one jitted function:
+<int32>[B, S0] (right-padded, S0 an input bucket) runs through one jitted function.
+The hidden states live *packed*: the live tokens of the whole batch back to back,
+row b's at start[b] .. start[b] + count[b] - 1, so that row slot j of row b is packed
+token start[b] + j and a row's tokens are always the first count[b] slots of its row.
 
-  embed                                        rows   [B, S0, hidden]
-  pack the real tokens; QKV of layer 0         packed [chunks x C, hidden]
+  embed; pack the real tokens; QKV of layer 0        packed [N, ...]
   for every layer l:
-    attention scores, softmax, context         rows   [B, S0, heads, ...]
-    pack live tokens; output dense, LayerNorm  packed
-    the method's keep decision                 rows   (prune_fn's layout)
-    compaction: each row's kept tokens move to its front, in order
-    pack kept tokens; FFN of l, QKV of l + 1   packed
-  head on [CLS]
+    attention at the narrowest width w that holds    rows   [B, w, ...] (gathered)
+      the longest row; attention received per key
+    output dense + residual + LayerNorm              packed
+    the method's keep decision                       rows   (prune_fn's layout)
+    compaction: kept tokens packed again, in order   packed (one gather)
+    FFN of l, QKV of l + 1                           packed
+  head on each row's [CLS]
 
-Packed work runs in a `fori_loop` over chunks of C tokens whose trip count is the
-number of tokens being processed, so every dense matmul (QKV, output dense, FFN:
-all of a layer's weight FLOPs) is paid per kept token rounded up to C, not per row x
-longest row, and the loop count is decided on device: a batch costs one dispatch and
-one transfer back, and each input shape compiles once. Per-example work (attention
-scores, the keep decision) stays in the row layout the method's `prune_fn` expects.
-Without a method (or `prune=False`) the engine runs the plain padded forward: on
-length-sorted batches that is faster than packing away the padding, so the unpruned
-baseline is the fastest unpruned path, not a slowed-down one.
+Packed work runs in a `fori_loop` over chunks whose trip count is the number of
+tokens being processed (full chunks, then the rest in small chunks), so every dense
+matmul (QKV, output dense, FFN: all of a layer's weight FLOPs) is paid per kept token
+plus less than one small chunk, not per row x longest row. Inputs of at most one
+chunk (e.g. batch 1) run each block as one piece instead, of the smallest of a few
+sizes that holds it (`block_sizes`), because there a matmul's cost is mostly reading
+the weights. Loop counts and sizes are chosen on device: a batch costs one dispatch
+and one transfer back, and each input shape compiles once. Without a method (or
+`prune=False`) the engine runs the plain padded forward: on length-sorted batches
+that is the fastest unpruned path, so it is the baseline.
 """
 
 import functools
