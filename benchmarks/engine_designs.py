@@ -2,15 +2,18 @@
 
     python benchmarks/engine_designs.py --workdir=runs/sst2_ltp_tpjax_lam0.05
 
-On a few SST-2 dev batches (batch 32, length-sorted, from four points of the length
+On a few SST-2 dev batches (batch 32, length-sorted, from three points of the length
 range) and single examples, best of `--repeats` calls each, alternating systems:
   plain      `model.apply` jitted on the padded batch (no pruning, no packing)
   keep_all   the packed engine with a rule that keeps every token (the engine's
              unpruned path is `plain`)
   chunk=C    the pruned engine with packed chunks of C tokens
+  decide_after_dense  the pruned engine deciding after the attention output dense
+             (two packed passes per layer, as for methods that read `hidden`)
 Prints one line per input and writes JSON with `--out`.
 """
 
+import copy
 import json
 import time
 
@@ -25,7 +28,7 @@ from tpjax.inference import engine as engine_lib
 from tpjax.inference import loading
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/sst2_ltp_tpjax_lam0.05", "A trained run.")
-_CHUNKS = flags.DEFINE_list("chunks", ["32", "64", "128"], "Chunk sizes to compare.")
+_CHUNKS = flags.DEFINE_list("chunks", ["256"], "Chunk sizes to compare.")
 _REPEATS = flags.DEFINE_integer("repeats", 15, "Calls per input and system (best kept).")
 _OUT = flags.DEFINE_string("out", None, "JSON path.")
 
@@ -36,13 +39,13 @@ def main(argv):
   config = run.config
   data = batching.load_split(config, run.tokenizer, "validation", None)
   lengths = data.lengths
-  buckets = batching.normalize_buckets(config.data.buckets, config.data.max_length)
+  buckets = engine_lib.inference_buckets(config.data.max_length)
   order = np.argsort(lengths, kind="stable")
   inputs = {}
-  for start in (288, 576):
+  for start in (288, 576, 800):
     idx = order[start:start + 32]
     inputs[f"batch 32, {int(lengths[idx].sum())} tokens"] = benchmark.padded_batch(
-        data, idx, 32, benchmark.engine_lib_bucket(buckets, lengths[idx]), 0)
+        data, idx, 32, engine_lib.input_bucket(buckets, lengths[idx].max()), 0)
   for i in [i for i in range(60) if 24 < lengths[i] <= 32][:3]:
     inputs[f"batch 1, {lengths[i]} tokens"] = benchmark.padded_batch(data, [i], 1, 32, 0)
 
@@ -52,6 +55,10 @@ def main(argv):
                                              b["attention_mask"], b["token_type_ids"])),
       "keep_all": benchmark.keep_all_engine(run, buckets),
   }
+  after_dense = copy.copy(run.method)
+  after_dense.keep_reads_hidden = True
+  systems["decide_after_dense"] = engine_lib.Engine(run.model, run.params, after_dense,
+                                                    buckets)
   for chunk in _CHUNKS.value:
     systems[f"chunk={chunk}"] = engine_lib.Engine(run.model, run.params, run.method,
                                                   buckets, chunk=int(chunk))

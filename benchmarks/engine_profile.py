@@ -35,7 +35,7 @@ _SYSTEMS = flags.DEFINE_list("systems", ["pruned", "unpruned"], "pruned, unprune
 _CALLS = flags.DEFINE_integer("calls", 5, "Profiled calls (after 3 warm-up calls).")
 _TOP = flags.DEFINE_integer("top", 12, "Operation kinds printed per system.")
 # Events that enclose others (the executable, loops, host-side Python) or wait.
-_ENCLOSING = re.compile(r"^(\$|ThunkExecutor|while|Pjit|np\.|Slinky|cond\.\d+$)")
+_ENCLOSING = re.compile(r"^(\$|ThunkExecutor|while|Pjit|np\.|Slinky|cond(\.\d+)*(\.clone)?$)")
 
 
 def op_kinds(trace_dir: str, calls: int) -> dict[str, float]:
@@ -56,11 +56,11 @@ def main(argv):
   del argv
   run = loading.load_run(_WORKDIR.value)
   data = batching.load_split(run.config, run.tokenizer, "validation", None)
-  buckets = batching.normalize_buckets(run.config.data.buckets, run.config.data.max_length)
+  buckets = engine_lib.inference_buckets(run.config.data.max_length)
   order = np.argsort(data.lengths, kind="stable")
   idx = order[2 * len(order) // 3:][:_BATCH.value]
   batch = benchmark.padded_batch(data, idx, _BATCH.value,
-                                 benchmark.engine_lib_bucket(buckets, data.lengths[idx]), 0)
+                                 engine_lib.input_bucket(buckets, data.lengths[idx].max()), 0)
   engines = {"pruned": lambda: engine_lib.Engine(run.model, run.params, run.method, buckets),
              "unpruned": lambda: engine_lib.Engine(run.model, run.params, None, buckets),
              "keep_all": lambda: benchmark.keep_all_engine(run, buckets)}

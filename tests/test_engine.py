@@ -109,6 +109,32 @@ def test_chunk_size_does_not_change_results(case):
     np.testing.assert_allclose(outs[0]["logits"], out["logits"], atol=EXACT_ATOL)
 
 
+def test_engine_pads_any_right_padded_batch_to_its_own_grid(case):
+  """However the caller pads (tight, wide, with empty rows), the engine runs the same
+  bucket and rows and returns the same outputs, shaped like the input."""
+  engine = engine_lib.Engine(case.model, case.params, case.method, BUCKETS, chunk=8)
+  texts = case.texts[:5]
+  longest = max(int(case.tokenizer([t], length=32)["attention_mask"].sum()) for t in texts)
+  tight = engine(case.tokenizer(texts, length=longest), return_kept_positions=True)
+  wide = engine(case.tokenizer(texts + [""] * 3, length=32), return_kept_positions=True)
+  assert tight["logits"].shape[0] == 5 and wide["logits"].shape[0] == 8
+  assert tight["kept_positions"].shape[1:] == (5, longest)
+  np.testing.assert_array_equal(wide["kept_positions"][:, :5, longest:], False)
+  np.testing.assert_array_equal(wide["kept_positions"][:, :5, :longest],
+                                tight["kept_positions"])
+  np.testing.assert_allclose(wide["logits"][:5], tight["logits"], atol=EXACT_ATOL)
+  # 5 and 8 rows both run as 8 rows, at the bucket of the longest example.
+  assert {shape for shape, _ in engine.compile_seconds} == {
+      (8, engine.bucket_for(longest))}
+  left = case.tokenizer(texts, length=32)
+  left["attention_mask"] = left["attention_mask"][:, ::-1].copy()
+  with pytest.raises(ValueError, match="right-padded"):
+    engine(left)
+  assert [engine_lib.padded_rows(n) for n in (1, 2, 3, 5, 9, 32)] == [1, 2, 4, 8, 16, 32]
+  assert engine_lib.inference_buckets(130) == (8, 16, 24, 32, 40, 48, 56, 64, 80, 96,
+                                               112, 128, 130)
+
+
 def test_compaction_and_row_view():
   # Packed layout of three rows with 2, 0 and 3 live tokens: 0 1 | | 2 3 4.
   start, count, seq, span = jnp.array([0, 2, 2]), jnp.array([2, 0, 3]), 4, 8
@@ -119,9 +145,10 @@ def test_compaction_and_row_view():
                                 [[1, 2, 0, 0], [0, 0, 0, 0], [3, 4, 5, 0]])
   # Keep slot 1 of row 0 and slots 0 and 2 of row 2: packed tokens 1, 2 and 4.
   keep = jnp.array([[False, True, False, False], [False] * 4, [True, False, True, False]])
-  source, order, new_start, total = engine_lib.compaction(keep, start, span)
+  source, slot, order, new_start, total = engine_lib.compaction(keep, start, span)
   assert int(total) == 3
   np.testing.assert_array_equal(source[:3], [1, 2, 4])
+  np.testing.assert_array_equal(slot[:3], [1, 8, 10])  # row 0 slot 1, row 2 slots 0, 2
   np.testing.assert_array_equal(new_start, [0, 1, 1])
   np.testing.assert_array_equal(order[2, :2], [0, 2])  # kept slots first, in order
 

@@ -24,8 +24,8 @@ _SYSTEMS = flags.DEFINE_list("systems", list(benchmark.SYSTEMS), "Systems to mea
                              + ", ".join(benchmark.SYSTEMS) + ".")
 _ORDERS = flags.DEFINE_list("orders", ["sorted"], "Batch orders: sorted (by length) "
                             "and/or dataset.")
-_BUCKETS = flags.DEFINE_list("buckets", None, "Engine input bucket lengths (default: the "
-                             "run's config.data.buckets).")
+_BUCKETS = flags.DEFINE_list("buckets", None, "Engine input bucket lengths (default: "
+                             "engine.inference_buckets of the run's max_length).")
 _THREADS = flags.DEFINE_integer("threads", None, "Peer intra-op threads (default: every "
                                 "core, as JAX uses).")
 _OUT = flags.DEFINE_string("out", None, "JSON path (default benchmarks/results/...).")

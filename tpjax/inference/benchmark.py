@@ -9,10 +9,11 @@ Systems, all on the same weights and the same batches:
 
 Fairness rules (issue 12):
   * Same batches: the same examples in the same order, for every system. `sorted`:
-    length-sorted then cut into batches; `dataset`: dataset order. Peers get each
-    batch padded to its longest example; tpjax pads it to the smallest input bucket
-    that holds it (more padding, which its packing removes from the dense work) and
-    fills a partial last batch with empty rows.
+    length-sorted then cut into batches; `dataset`: dataset order. Every system gets
+    each batch padded to its longest example (tpjax's engine then pads it to the smallest
+    of its input buckets that holds it, `engine.inference_buckets` unless --buckets,
+    and a partial batch to a multiple of 8 rows: padding its packing removes from the
+    dense work).
   * Paired rounds: in every round each system runs every batch once, one system at a
     time (peers wait on a pipe while tpjax is timed, and the reverse); the order of
     systems flips every round. Ratios are computed per round and reported as median
@@ -221,8 +222,8 @@ def benchmark(workdir: str, task: Optional[str], split: Optional[str], batch_siz
   if task not in glue.TASKS:
     raise ValueError(f"Unknown task {task!r}; choose from {', '.join(glue.TASKS)}.")
   split = split or glue.TASKS[task].eval_splits[0]
-  buckets = batching.normalize_buckets(buckets or config.data.buckets,
-                                       config.data.max_length)
+  buckets = batching.normalize_buckets(
+      buckets or engine_lib.inference_buckets(config.data.max_length), config.data.max_length)
   config.task = task
   data = batching.load_split(config, run.tokenizer, split, max_examples)
   n, pad = len(data), run.tokenizer.pad_token_id
@@ -242,15 +243,10 @@ def benchmark(workdir: str, task: Optional[str], split: Optional[str], batch_siz
   # ----------------------------------------------------------------- batches
   lat_n = min(latency_examples, n)
   groups = {order: batch_indices(lengths, batch_size, order) for order in orders}
-  tpjax_batches = {
-      order: [padded_batch(data, idx, batch_size, engine_lib_bucket(buckets, lengths[idx]),
-                           pad) for idx in g] for order, g in groups.items()}
-  tpjax_single = [padded_batch(data, [i], 1, engine_lib_bucket(buckets, lengths[[i]]), pad)
-                  for i in range(lat_n)]
-  peer_batches = {order: [padded_batch(data, idx, len(idx), int(lengths[idx].max()), pad)
-                          for idx in g] for order, g in groups.items()}
-  peer_batches["latency"] = [padded_batch(data, [i], 1, int(lengths[i]), pad)
-                             for i in range(lat_n)]
+  # Every system gets these; tpjax's engine pads each to its input grid itself.
+  batches = {order: [padded_batch(data, idx, len(idx), int(lengths[idx].max()), pad)
+                     for idx in g] for order, g in groups.items()}
+  single = [padded_batch(data, [i], 1, int(lengths[i]), pad) for i in range(lat_n)]
 
   # ------------------------------------------------- warm-up (compiles), FLOPs
   kept = np.zeros((n, run.model.config.num_hidden_layers), np.int32)
@@ -258,12 +254,12 @@ def benchmark(workdir: str, task: Optional[str], split: Optional[str], batch_siz
   for name, engine in engines.items():
     start = time.perf_counter()
     for order in orders:
-      for batch in tpjax_batches[order]:
+      for batch in batches[order]:
         out = engine(batch)
         if name == "pruned":
           real = batch["index"] >= 0
           kept[batch["index"][real]] = out["kept"][real]
-    for batch in tpjax_single:
+    for batch in single:
       engine(batch)
     compile_info[name] = {
         "compiled_functions": engine.compiled_functions,
@@ -277,7 +273,8 @@ def benchmark(workdir: str, task: Optional[str], split: Optional[str], batch_siz
     folder = tempfile.mkdtemp(prefix="tpjax_peers_")
     write_hf_model(run, folder)
     path = os.path.join(folder, "batches.npz")
-    np.savez(path, **{f"{order}/{i}/{k}": b[k] for order, bs in peer_batches.items()
+    np.savez(path, **{f"{order}/{i}/{k}": b[k]
+                      for order, bs in {**batches, "latency": single}.items()
                       for i, b in enumerate(bs) for k in INPUTS})
     for name in wanted_peers:
       peers[name] = Peer(name, folder, path, threads)  # one at a time: each warms up
@@ -287,7 +284,7 @@ def benchmark(workdir: str, task: Optional[str], split: Optional[str], batch_siz
   ref_engine = engines.get("unpruned") or next(iter(engines.values()), None)
   if ref_engine is not None:
     order = orders[0]
-    first = tpjax_batches[order][0]
+    first = batches[order][0]
     rows = int((first["index"] >= 0).sum())
     ref = ref_engine(first)["logits"][:rows]
     for name, peer in peers.items():
@@ -298,13 +295,13 @@ def benchmark(workdir: str, task: Optional[str], split: Optional[str], batch_siz
           np.abs(engine(first)["logits"][:rows] - ref).max())
 
   # --------------------------------------------------------------- timed rounds
-  def tpjax_pass(engine, batches):
-    for batch in batches:
+  def tpjax_pass(engine, work):
+    for batch in work:
       engine(batch)
 
   def tpjax_latency(engine):
     times = []
-    for batch in tpjax_single:
+    for batch in single:
       times.append(_time(lambda: engine(batch)))
     return times
 
@@ -331,12 +328,15 @@ def benchmark(workdir: str, task: Optional[str], split: Optional[str], batch_siz
       "stage": run.stage, "buckets": list(buckets), "threads": threads,
       "peer_env": {"OMP_WAIT_POLICY": "PASSIVE"},
       "padding": {
-          "peers": "each batch padded to its own longest example",
-          "tpjax": "each batch padded to the smallest input bucket holding its longest "
-                   "example, partial last batch filled with empty rows; packing keeps "
-                   "padding out of the dense work",
-          "padded_tokens_peers": {o: int(sum(len(i) * lengths[i].max() for i in g))
-                                  for o, g in groups.items()}},
+          "given": "every system gets each batch padded to its own longest example",
+          "tpjax": "the engine pads each batch to the smallest input bucket holding "
+                   "its longest example and its rows to 1, 2, 4 or a multiple of 8 "
+                   "(engine.padded_rows); packing keeps padding out of the dense work",
+          "padded_tokens_given": {o: int(sum(len(i) * lengths[i].max() for i in g))
+                                  for o, g in groups.items()},
+          "padded_tokens_tpjax": {o: int(sum(
+              engine_lib.padded_rows(len(i)) * engine_lib.input_bucket(buckets, lengths[i].max())
+              for i in g)) for o, g in groups.items()}},
       "device": jax.devices()[0].device_kind, "cpu_count": os.cpu_count(),
       "processor": platform.processor() or platform.machine(),
       "platform": platform.platform(), "versions": versions,
@@ -413,7 +413,7 @@ def benchmark(workdir: str, task: Optional[str], split: Optional[str], batch_siz
         time.sleep(SETTLE_S)
         if name in engines:
           seconds[order][name].append(_time(lambda: tpjax_pass(engines[name],
-                                                               tpjax_batches[order])))
+                                                               batches[order])))
         else:
           seconds[order][name].append(peers[name].ask(cmd="throughput", order=order)
                                       ["seconds"])
@@ -429,12 +429,3 @@ def benchmark(workdir: str, task: Optional[str], split: Optional[str], batch_siz
     peer.close()
 
   return collect()
-
-
-def engine_lib_bucket(buckets: Sequence[int], lengths: np.ndarray) -> int:
-  """Smallest input bucket holding the longest of `lengths`."""
-  longest = int(np.max(lengths))
-  for b in buckets:
-    if b >= longest:
-      return b
-  raise ValueError(f"{longest} tokens exceed the largest bucket {buckets[-1]}.")

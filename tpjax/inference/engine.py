@@ -47,7 +47,7 @@ def row_of(packed: jax.Array, end: jax.Array) -> jax.Array:
 
 
 def compaction(keep: jax.Array, start: jax.Array, span: int
-               ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+               ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
   """Where each kept token comes from when a packed batch drops the others.
 
   Packed order is row-major: row b's tokens sit at start[b], start[b] + 1, ... in
@@ -60,6 +60,7 @@ def compaction(keep: jax.Array, start: jax.Array, span: int
   Returns:
     source <int32>[span]: current packed index of new packed token p (entries past
       the kept total point at some valid token and are ignored);
+    slot <int32>[span]: its flat row-layout index, b * S + row slot;
     order <int32>[B, S]: the stable reordering that moves each row's kept slots first;
     new_start <int32>[B], total <int32>[]: the new layout.
   """
@@ -70,9 +71,9 @@ def compaction(keep: jax.Array, start: jax.Array, span: int
   order = jnp.argsort(~keep, axis=-1, stable=True)          # kept slots first
   p = jnp.arange(span, dtype=jnp.int32)
   row = row_of(p, end)
-  j = jnp.clip(p - new_start[row], 0, seq - 1)
-  source = jnp.minimum(start[row] + order[row, j], span - 1)
-  return source, order, new_start, end[-1]
+  j = order[row, jnp.clip(p - new_start[row], 0, seq - 1)]
+  source = jnp.minimum(start[row] + j, span - 1)
+  return source, row * seq + j, order, new_start, end[-1]
 
 
 def flat_slots(start: jax.Array, count: jax.Array, seq: int, span: int) -> jax.Array:
@@ -96,6 +97,33 @@ def block_sizes(n: int) -> tuple[int, ...]:
   1/8, 1/4, 3/8, 1/2, 3/4 and all of n, rounded up to multiples of 8 (ascending, the
   last is n)."""
   return tuple(sorted({min(n, -(-n * k // 64) * 8) for k in (1, 2, 3, 4, 6, 8)}))
+
+
+def inference_buckets(max_length: int) -> tuple[int, ...]:
+  """Input lengths the engine pads a batch to: multiples of 8 up to 64, then four per
+  doubling (80, 96, 112, 128, 160, ...), ending at max_length. The unpruned forward
+  pays for every padded position, so training's coarse buckets (RTE: 64 to 256 in 5
+  steps) would cost it up to 2x; this grid pads an input by at most 8 tokens or 25%,
+  at one compiled function per length used."""
+  out, length = [], 8
+  while length < max_length:
+    out.append(length)
+    length += 8 if length < 64 else 2 ** (length.bit_length() - 3)
+  return tuple(out) + (max_length,)
+
+
+def input_bucket(buckets: Sequence[int], longest: int) -> int:
+  """The smallest of the ascending `buckets` that holds `longest` tokens."""
+  for b in buckets:
+    if b >= longest:
+      return b
+  raise ValueError(f"{longest} tokens exceed the largest bucket {buckets[-1]}.")
+
+
+def padded_rows(rows: int) -> int:
+  """Rows a batch is padded to: 1, 2, 4, then multiples of 8, so a partial batch
+  computes few filler rows and batch sizes share compiled functions."""
+  return rows if rows <= 2 else 4 if rows <= 4 else -(-rows // 8) * 8
 
 
 def _layer_norm(p: dict, x: jax.Array, eps: float) -> jax.Array:
@@ -257,9 +285,13 @@ class Engine:
       return lambda context, h: (_layer_norm(p["attn_norm"],
                                              _dense(p["attn_out"], context) + h, eps),)
 
-    def feed_forward(layer):
-      """FFN of `layer` (none for -1), then the next layer's QKV."""
-      def fn(x):
+    def feed_forward(layer, attend=False):
+      """[attention output of `layer`,] FFN of `layer` (none for -1), then the next
+      layer's QKV."""
+      def fn(*x):
+        if attend:
+          x = attention_output(layers[layer])(*x)
+        (x,) = x
         if layer >= 0:
           p = layers[layer]
           x = _layer_norm(p["ffn_norm"], _dense(p["ffn_out"], act(_dense(p["ffn_in"], x)))
@@ -280,13 +312,16 @@ class Engine:
                   [], (h, qkv))
     kept, kept_positions = [], []
     for layer in range(self.num_layers):
+      last = layer + 1 == self.num_layers
       narrowest = jnp.searchsorted(jnp.asarray(widths), jnp.max(count))
       context, received = jax.lax.switch(narrowest, attention, qkv, start, count, mask)
-      (out,) = loop(total, attention_output(layers[layer]),
-                    [(context.reshape(rows * seq, width), flat_slots(start, count, seq, span))],
-                    [h], (out,))
-      new, scale, _ = prune_fn(layer, received, mask, row_view(out, start, count, seq),
-                               lengths, protected)
+      context = context.reshape(rows * seq, width)
+      hidden_rows = None
+      if self.method.keep_reads_hidden:  # the post-attention state of every live token
+        (out,) = loop(total, attention_output(layers[layer]),
+                      [(context, flat_slots(start, count, seq, span))], [h], (out,))
+        hidden_rows = row_view(out, start, count, seq)
+      new, scale, _ = prune_fn(layer, received, mask, hidden_rows, lengths, protected)
       if scale is not None:
         raise ValueError("The engine runs hard keep decisions; this method's prune_fn "
                          "returned an output scale.")
@@ -296,13 +331,20 @@ class Engine:
       if with_positions:
         full = jnp.zeros((rows, seq), bool).at[jnp.arange(rows)[:, None], positions].set(keep)
         kept_positions.append(full)
-      source, order, start, total = compaction(keep, start, span)
+      source, slot, order, start, total = compaction(keep, start, span)
       mask, positions, protected = (jnp.take_along_axis(x, order, axis=1)
                                     for x in (new, positions, protected))
-      last = layer + 1 == self.num_layers
-      outs = loop(total, feed_forward(layer), [(out, source)], [],
-                  (h,) if last else (h, qkv))
-      h, qkv = outs if not last else (outs[0], None)
+      into = (out,) if last else (out, qkv)
+      if self.method.keep_reads_hidden:
+        outs = loop(total, feed_forward(layer), [(out, source)], [], (h,) + into[1:])
+        h, out = outs[0], out
+      else:
+        # Decided before the attention output dense: it, the FFN and the next QKV run
+        # on the kept tokens only, in one pass (out and h swap roles).
+        outs = loop(total, feed_forward(layer, attend=True),
+                    [(context, slot), (h, source)], [], into)
+        h, out = outs[0], h
+      qkv = None if last else outs[1]
     # [CLS] is kept, first in its row (clip: a filler row with no tokens reads junk)
     cls = jnp.take(h, start, axis=0, mode="clip")[:, None, :]
     logits = self.model.apply({"params": weights["model"]}, cls,
@@ -331,14 +373,15 @@ class Engine:
   # ------------------------------------------------------------------------- run
 
   def bucket_for(self, count: int) -> int:
-    for b in self.buckets:
-      if b >= count:
-        return b
-    raise ValueError(f"{count} tokens exceed the largest bucket {self.buckets[-1]}.")
+    return input_bucket(self.buckets, count)
 
   def __call__(self, batch: dict[str, np.ndarray], return_kept_positions: bool = False
                ) -> dict[str, np.ndarray]:
-    """Logits and tokens kept per layer for one right-padded batch.
+    """Logits and tokens kept per layer for one right-padded batch of any shape.
+
+    The batch is padded (or its padding columns cut) to the smallest input bucket
+    that holds its longest example, and its rows to `padded_rows`, so the compiled
+    function depends on the bucket, not on how the caller padded.
 
     Args:
       batch: input_ids, attention_mask, token_type_ids <int32>[batch, seq].
@@ -348,14 +391,32 @@ class Engine:
       logits <float32>[batch, labels]; kept <int32>[batch, layers];
       optionally kept_positions <bool>[layers, batch, seq].
     """
-    shape = batch["input_ids"].shape
+    mask = np.asarray(batch["attention_mask"])
+    rows, seq = mask.shape
+    lengths = (mask > 0).sum(-1)
+    longest = int(lengths.max()) if rows else 0
+    if rows == 0 or ((mask > 0) != (np.arange(seq) < lengths[:, None])).any():
+      raise ValueError("The engine takes a non-empty batch of right-padded rows "
+                       "(attention_mask 1 then 0 in every row).")
+    length, fill_rows = self.bucket_for(max(longest, 1)), padded_rows(rows)
+    inputs = []
+    for key, pad in (("input_ids", self.model.config.pad_token_id),
+                     ("attention_mask", 0), ("token_type_ids", 0)):
+      x = np.full((fill_rows, length), pad, np.int32)
+      x[:rows, :min(seq, length)] = np.asarray(batch[key])[:, :length]
+      inputs.append(x)
     start = time.perf_counter()
-    out = self._forward(self.weights, batch["input_ids"], batch["attention_mask"],
-                        batch["token_type_ids"], with_positions=return_kept_positions)
+    out = self._forward(self.weights, *inputs, with_positions=return_kept_positions)
     out = jax.device_get(out)  # the one transfer back
-    if (shape, return_kept_positions) not in self.compile_seconds:
-      self.compile_seconds[(shape, return_kept_positions)] = time.perf_counter() - start
-    return out
+    key = (inputs[0].shape, return_kept_positions)
+    if key not in self.compile_seconds:
+      self.compile_seconds[key] = time.perf_counter() - start
+    result = {"logits": out["logits"][:rows], "kept": out["kept"][:rows]}
+    if return_kept_positions:
+      positions = np.zeros((self.num_layers, rows, seq), bool)
+      positions[..., :min(seq, length)] = out["kept_positions"][:, :rows, :seq]
+      result["kept_positions"] = positions
+    return result
 
   @property
   def compiled_functions(self) -> int:
@@ -363,12 +424,12 @@ class Engine:
     return self._forward._cache_size()  # pylint: disable=protected-access
 
   def warm_up(self, batch_size: int) -> int:
-    """Compiles the function for every input bucket at `batch_size`.
+    """Compiles the function for every input bucket at `batch_size` rows.
 
     Returns:
       The number of compiled functions afterwards.
     """
     for length in self.buckets:
-      ids = np.zeros((batch_size, length), np.int32)
-      self({"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": ids})
+      ids = np.ones((batch_size, length), np.int32)
+      self({"input_ids": ids, "attention_mask": ids, "token_type_ids": 0 * ids})
     return self.compiled_functions

@@ -50,8 +50,7 @@ class Predictor:
     self.info = glue.TASKS[run.config.task]
     self.pair = len(self.info.text_keys) == 2
     self.batch_size = batch_size
-    self.buckets = batching.normalize_buckets(run.config.data.buckets,
-                                              run.config.data.max_length)
+    self.buckets = engine_lib.inference_buckets(run.config.data.max_length)
     method = run.method if prune and run.prune_stage == "hard" else None
     self.engine = engine_lib.Engine(run.model, run.params, method, self.buckets)
 

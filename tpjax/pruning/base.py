@@ -57,6 +57,10 @@ class Method:
   trainable = False
   # Whether `loss` needs the frozen unpruned model's output (distillation).
   needs_teacher = False
+  # Whether the hard keep decision reads prune_fn's `hidden` (the post-attention state).
+  # If not, the inference engine decides before the attention output dense and runs
+  # that dense, the FFN and the next QKV in one pass over the kept tokens only.
+  keep_reads_hidden = False
 
   def init_params(self, rng: jax.Array) -> dict:
     del rng

@@ -111,6 +111,7 @@ class SDTPMethod(base.Method):
 
   name = "sdtp"
   trainable = True
+  keep_reads_hidden = True  # the predictors score the post-attention state
   needs_teacher = True  # the frozen model gives the saliency targets
 
   def __init__(self, config: ml_collections.ConfigDict,
