@@ -1,7 +1,8 @@
 """Inference that removes pruned tokens for real: one compiled call per batch shape.
 
 Layout (docs/engine.md has the picture and the measurements behind it). A batch
-<int32>[B, S0] (right-padded, S0 an input bucket) runs through one jitted function.
+<int32>[B, S0] (right-padded; the engine pads it to S0 in its input grid and B in
+`padded_rows`) runs through one jitted function.
 The hidden states live *packed*: the live tokens of the whole batch back to back,
 row b's at start[b] .. start[b] + count[b] - 1, so that row slot j of row b is packed
 token start[b] + j and a row's tokens are always the first count[b] slots of its row.
@@ -10,11 +11,14 @@ token start[b] + j and a row's tokens are always the first count[b] slots of its
   for every layer l:
     attention at the narrowest width w that holds    rows   [B, w, ...] (gathered)
       the longest row; attention received per key
-    output dense + residual + LayerNorm              packed
     the method's keep decision                       rows   (prune_fn's layout)
     compaction: kept tokens packed again, in order   packed (one gather)
-    FFN of l, QKV of l + 1                           packed
+    output dense + residual + LayerNorm, FFN of l,   packed, kept tokens only
+      QKV of l + 1
   head on each row's [CLS]
+
+(A method whose decision reads the post-attention state, `keep_reads_hidden`, gets
+the output dense on every live token before it decides, then the FFN pass.)
 
 Packed work runs in a `fori_loop` over chunks whose trip count is the number of
 tokens being processed (full chunks, then the rest in small chunks), so every dense
@@ -334,15 +338,15 @@ class Engine:
       source, slot, order, start, total = compaction(keep, start, span)
       mask, positions, protected = (jnp.take_along_axis(x, order, axis=1)
                                     for x in (new, positions, protected))
-      into = (out,) if last else (out, qkv)
       if self.method.keep_reads_hidden:
-        outs = loop(total, feed_forward(layer), [(out, source)], [], (h,) + into[1:])
-        h, out = outs[0], out
+        outs = loop(total, feed_forward(layer), [(out, source)], [],
+                    (h,) if last else (h, qkv))
+        h = outs[0]
       else:
         # Decided before the attention output dense: it, the FFN and the next QKV run
         # on the kept tokens only, in one pass (out and h swap roles).
         outs = loop(total, feed_forward(layer, attend=True),
-                    [(context, slot), (h, source)], [], into)
+                    [(context, slot), (h, source)], [], (out,) if last else (out, qkv))
         h, out = outs[0], h
       qkv = None if last else outs[1]
     # [CLS] is kept, first in its row (clip: a filler row with no tokens reads junk)
@@ -394,11 +398,10 @@ class Engine:
     mask = np.asarray(batch["attention_mask"])
     rows, seq = mask.shape
     lengths = (mask > 0).sum(-1)
-    longest = int(lengths.max()) if rows else 0
     if rows == 0 or ((mask > 0) != (np.arange(seq) < lengths[:, None])).any():
       raise ValueError("The engine takes a non-empty batch of right-padded rows "
                        "(attention_mask 1 then 0 in every row).")
-    length, fill_rows = self.bucket_for(max(longest, 1)), padded_rows(rows)
+    length, fill_rows = self.bucket_for(max(int(lengths.max()), 1)), padded_rows(rows)
     inputs = []
     for key, pad in (("input_ids", self.model.config.pad_token_id),
                      ("attention_mask", 0), ("token_type_ids", 0)):
