@@ -10,10 +10,10 @@ Systems, all on the same weights and the same batches:
 Fairness rules (issue 12):
   * Same batches: the same examples in the same order, for every system. `sorted`:
     length-sorted then cut into batches; `dataset`: dataset order. Every system gets
-    each batch padded to its longest example (tpjax's engine then pads it to the smallest
-    of its input buckets that holds it, `engine.inference_buckets` unless --buckets,
-    and a partial batch to a multiple of 8 rows: padding its packing removes from the
-    dense work).
+    each batch padded to its longest example (tpjax's engine then pads it to the
+    smallest of its input buckets that holds it, `engine.inference_buckets` unless
+    --buckets, and its rows to `engine.padded_rows`: padding its packing removes from
+    the dense work).
   * Paired rounds: in every round each system runs every batch once, one system at a
     time (peers wait on a pipe while tpjax is timed, and the reverse); the order of
     systems flips every round. Ratios are computed per round and reported as median
