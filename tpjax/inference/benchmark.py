@@ -257,8 +257,7 @@ def benchmark(workdir: str, task: Optional[str], split: Optional[str], batch_siz
       for batch in batches[order]:
         out = engine(batch)
         if name == "pruned":
-          real = batch["index"] >= 0
-          kept[batch["index"][real]] = out["kept"][real]
+          kept[batch["index"]] = out["kept"]
     for batch in single:
       engine(batch)
     compile_info[name] = {
@@ -285,14 +284,13 @@ def benchmark(workdir: str, task: Optional[str], split: Optional[str], batch_siz
   if ref_engine is not None:
     order = orders[0]
     first = batches[order][0]
-    rows = int((first["index"] >= 0).sum())
-    ref = ref_engine(first)["logits"][:rows]
+    ref = ref_engine(first)["logits"]
     for name, peer in peers.items():
       theirs = np.asarray(peer.ask(cmd="logits", order=order, batch=0)["logits"])
       agreement[f"{name}_max_abs_logit_diff_vs_unpruned"] = float(np.abs(theirs - ref).max())
     for name, engine in engines.items():
       agreement[f"{name}_max_abs_logit_diff_vs_unpruned"] = float(
-          np.abs(engine(first)["logits"][:rows] - ref).max())
+          np.abs(engine(first)["logits"] - ref).max())
 
   # --------------------------------------------------------------- timed rounds
   def tpjax_pass(engine, work):
@@ -335,7 +333,7 @@ def benchmark(workdir: str, task: Optional[str], split: Optional[str], batch_siz
           "padded_tokens_given": {o: int(sum(len(i) * lengths[i].max() for i in g))
                                   for o, g in groups.items()},
           "padded_tokens_tpjax": {o: int(sum(
-              engine_lib.padded_rows(len(i)) * engine_lib.input_bucket(buckets, lengths[i].max())
+              np.prod(engine_lib.padded_shape(buckets, len(i), lengths[i].max()))
               for i in g)) for o, g in groups.items()}},
       "device": jax.devices()[0].device_kind, "cpu_count": os.cpu_count(),
       "processor": platform.processor() or platform.machine(),

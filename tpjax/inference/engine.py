@@ -130,6 +130,12 @@ def padded_rows(rows: int) -> int:
   return rows if rows <= 2 else 4 if rows <= 4 else -(-rows // 8) * 8
 
 
+def padded_shape(buckets: Sequence[int], rows: int, longest: int) -> tuple[int, int]:
+  """The [rows, length] the engine runs a batch of `rows` examples at, the longest of
+  `longest` tokens."""
+  return padded_rows(rows), input_bucket(buckets, max(longest, 1))
+
+
 def _layer_norm(p: dict, x: jax.Array, eps: float) -> jax.Array:
   return nn.LayerNorm(epsilon=eps).apply({"params": p}, x)
 
@@ -401,7 +407,7 @@ class Engine:
     if rows == 0 or ((mask > 0) != (np.arange(seq) < lengths[:, None])).any():
       raise ValueError("The engine takes a non-empty batch of right-padded rows "
                        "(attention_mask 1 then 0 in every row).")
-    length, fill_rows = self.bucket_for(max(int(lengths.max()), 1)), padded_rows(rows)
+    fill_rows, length = padded_shape(self.buckets, rows, int(lengths.max()))
     inputs = []
     for key, pad in (("input_ids", self.model.config.pad_token_id),
                      ("attention_mask", 0), ("token_type_ids", 0)):

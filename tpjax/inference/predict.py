@@ -50,9 +50,9 @@ class Predictor:
     self.info = glue.TASKS[run.config.task]
     self.pair = len(self.info.text_keys) == 2
     self.batch_size = batch_size
-    self.buckets = engine_lib.inference_buckets(run.config.data.max_length)
     method = run.method if prune and run.prune_stage == "hard" else None
-    self.engine = engine_lib.Engine(run.model, run.params, method, self.buckets)
+    self.engine = engine_lib.Engine(run.model, run.params, method,
+                                    engine_lib.inference_buckets(run.config.data.max_length))
 
   def predict_lines(self, lines: list[bytes], first_line: int,
                     show_kept: bool = False) -> list[dict]:
@@ -72,11 +72,16 @@ class Predictor:
       labels = np.zeros(len(encodings), np.int32)
       data = batching.Encoded([np.asarray(e.ids, np.int32) for e in encodings],
                               [np.asarray(e.type_ids, np.int32) for e in encodings], labels)
-      for batch in batching.eval_batches(data, self.buckets, self.batch_size,
-                                         tok.pad_token_id, sort_by_length=True):
+      # Length-sorted batches padded to their longest example; the engine pads each
+      # to its own input grid.
+      order = np.argsort(data.lengths, kind="stable")
+      for first in range(0, len(order), self.batch_size):
+        idx = order[first:first + self.batch_size]
+        batch = batching.make_batch(data, idx, len(idx), int(data.lengths[idx].max()),
+                                    tok.pad_token_id)
         index = batch["index"]
         out = self.engine(batch, return_kept_positions=show_kept)
-        for r in np.flatnonzero(index >= 0):
+        for r in range(len(idx)):
           enc = encodings[index[r]]
           results[rows[index[r]]] = self._record(first_line + rows[index[r]], enc, out, r,
                                                  show_kept)
