@@ -50,16 +50,16 @@ def _gguf_path() -> str:
 
 
 class TpjaxWorker:
-  """Flax decoder through tpjax.generate.Generator."""
+  """Flax decoder through tpjax.generation.Generator."""
 
   def __init__(self, gguf_path, threads):
     del threads  # XLA sizes its pool from the pinned CPUs
     import jax  # pylint: disable=g-import-not-at-top
-    from tpjax import generate  # pylint: disable=g-import-not-at-top
+    from tpjax.inference import generation  # pylint: disable=g-import-not-at-top
     from tpjax.models import pretrained  # pylint: disable=g-import-not-at-top
     self._jax = jax
     model, params, tokenizer = pretrained.load_pretrained(gguf_path)
-    self._gen = generate.Generator(model, params, tokenizer)
+    self._gen = generation.Generator(model, params, tokenizer)
 
   def prefill(self, ids):
     start = time.perf_counter()

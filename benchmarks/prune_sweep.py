@@ -14,8 +14,8 @@ import json
 from absl import app
 from absl import flags
 
-from tpjax import parallel
-from tpjax import train
+from tpjax.training import parallel
+from tpjax.training import train
 from tpjax.data import batching
 from tpjax.data import glue
 from tpjax.inference import loading

@@ -10,7 +10,7 @@ untimed before any timing):
 - `full`: the unpruned prefill through the same layer-by-layer code as SDTP
   (sdtp_decoder.PrunedPrefill without a schedule);
 - `sdtp`: the trained predictors, default schedule (compaction after each stage);
-- `generator` (optional, --systems): tpjax.generate.Generator's whole-model compiled
+- `generator` (optional, --systems): tpjax.generation.Generator's whole-model compiled
   prefill, to show what the layer-by-layer code costs by itself.
 
 A timed call is time to first token: prompt ids in, every layer's keys and values
@@ -53,14 +53,14 @@ class Worker:
   def __init__(self, system: str, workdir: str, model_name: str, ratio=None):
     import jax  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
-    from tpjax import generate  # pylint: disable=g-import-not-at-top
+    from tpjax.inference import generation  # pylint: disable=g-import-not-at-top
     from tpjax.models import pretrained  # pylint: disable=g-import-not-at-top
     from tpjax.pruning import sdtp_decoder  # pylint: disable=g-import-not-at-top
     self.jax, self.np, self.sdtp_decoder = jax, np, sdtp_decoder
     model, params, _ = pretrained.load_pretrained(model_name)
     self.system = system
     if system == "generator":
-      self.gen = generate.Generator(model, params)
+      self.gen = generation.Generator(model, params)
     elif system == "full":
       self.engine = sdtp_decoder.PrunedPrefill(model, params, None)
     elif system == "sdtp":

@@ -18,8 +18,8 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from tpjax import parallel
-from tpjax import train
+from tpjax.training import parallel
+from tpjax.training import train
 from tpjax.data import batching
 from tpjax.data import glue
 from tpjax.inference import loading

@@ -17,9 +17,9 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 
-from tpjax import checkpoints
-from tpjax import parallel
-from tpjax import train
+from tpjax.training import checkpoints
+from tpjax.training import parallel
+from tpjax.training import train
 from tpjax.data import batching
 from tpjax.data import glue
 from tpjax.inference import loading

@@ -1,6 +1,6 @@
 """SDTP prediction modules for SmolLM2-135M's prefill, trained on SQuAD dev articles.
 
-    python -m tpjax.train_sdtp_decoder --config=configs/smollm_sdtp.py \\
+    python -m tpjax.training.sdtp_decoder --config=configs/smollm_sdtp.py \\
         --workdir=runs/smollm_sdtp
 
 Stages at layers 4, 7, ..., 28 (the paper's start 4 / every 3, scaled to 30 layers),

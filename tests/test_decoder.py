@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tpjax import generate
+from tpjax.inference import generation
 from tpjax.models import decoder
 from tpjax.models import decoder_weights
 from tpjax.models import gguf_file
@@ -35,7 +35,7 @@ def tiny():
 def tiny_gen(tiny):
   """One Generator, so the tests share its compiled steps."""
   model, params = tiny
-  return generate.Generator(model, params, buckets=(8, 16))
+  return generation.Generator(model, params, buckets=(8, 16))
 
 
 def _max_diff(a, b) -> float:
@@ -128,20 +128,20 @@ def test_bucketed_prefill_does_not_recompile(tiny_gen):
   gen.generate([[5, 6, 7, 8, 9]], 2)
   gen.generate([[4, 6, 7, 8, 9, 10, 11]], 2)
   assert gen._prefill._cache_size() == before  # pylint: disable=protected-access
-  assert generate.bucket_length(9, (8, 16)) == 16
-  assert generate.bucket_length(40, (8, 16)) == 48
+  assert generation.bucket_length(9, (8, 16)) == 16
+  assert generation.bucket_length(40, (8, 16)) == 48
 
 
 def test_sampling_respects_top_p():
   logits = jnp.log(jnp.array([[0.6, 0.3, 0.05, 0.05]]))
-  draws = {int(generate.sample(logits, jax.random.PRNGKey(i), 1.0, 0.8)[0])
+  draws = {int(generation.sample(logits, jax.random.PRNGKey(i), 1.0, 0.8)[0])
            for i in range(64)}
   assert draws == {0, 1}
-  assert int(generate.sample(logits, jax.random.PRNGKey(0), 0.0, 1.0)[0]) == 0
+  assert int(generation.sample(logits, jax.random.PRNGKey(0), 0.0, 1.0)[0]) == 0
 
 
 def test_prompt_longer_than_context(tiny_gen):
-  with pytest.raises(generate.ContextLengthError, match=r"60 tokens.*supports 64"):
+  with pytest.raises(generation.ContextLengthError, match=r"60 tokens.*supports 64"):
     tiny_gen.generate([list(range(3, 63))], 8)
 
 

@@ -16,7 +16,7 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
 import tpjax  # pylint: disable=g-import-not-at-top
-from tpjax import generate  # pylint: disable=g-import-not-at-top
+from tpjax.inference import generation  # pylint: disable=g-import-not-at-top
 from tpjax.models import decoder  # pylint: disable=g-import-not-at-top
 from tpjax.models import pretrained  # pylint: disable=g-import-not-at-top
 
@@ -127,7 +127,7 @@ def test_greedy_tokens_match_pytorch_and_cache_matches_recompute(ours, reference
                                                                 forward):
   model, params, _ = ours
   ref, _ = reference
-  gen = generate.Generator(model, params)
+  gen = generation.Generator(model, params)
   steps = list(gen.stream(prompts, NEW_TOKENS, stop_at_eos=False, keep_logits=True))
   new = [[int(tokens[row]) for tokens, _ in steps] for row in range(len(prompts))]
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests import helpers
-from tpjax import train
+from tpjax.training import train
 from tpjax.inference import engine as engine_lib
 from tpjax.pruning import registry
 

@@ -14,7 +14,7 @@ import optax
 import pytest
 
 from tests import helpers
-from tpjax import train
+from tpjax.training import train
 from tpjax.inference import engine as engine_lib
 
 PLATFORMS = ("cpu", "cuda", "tpu")

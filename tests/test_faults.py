@@ -22,12 +22,12 @@ import orbax.checkpoint as ocp
 import pytest
 
 from tests import helpers
-from tpjax import checkpoints
+from tpjax.training import checkpoints
 from tpjax import cli
-from tpjax import config_checks
-from tpjax import errors
-from tpjax import fingerprint
-from tpjax import train
+from tpjax.training import config_checks
+from tpjax.training import errors
+from tpjax.training import fingerprint
+from tpjax.training import train
 from tpjax.data import glue
 from tpjax.inference import loading
 from tpjax.models import hf_weights
@@ -388,7 +388,7 @@ def test_predict_flags_are_checked(reference):
 _CHILD = """
 import sys
 from tests import test_faults
-from tpjax import train
+from tpjax.training import train
 for workdir in sys.argv[2:]:
   train.train_and_evaluate(test_faults._config(sys.argv[1]), workdir)
 """

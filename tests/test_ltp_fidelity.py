@@ -13,7 +13,7 @@ import optax
 import pytest
 
 from configs import common
-from tpjax import train
+from tpjax.training import train
 from tpjax.models import encoder
 from tpjax.pruning import ltp
 from tpjax.pruning import ltp_variant

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tests import helpers
-from tpjax import train
+from tpjax.training import train
 from tpjax.pruning import ltp
 
 

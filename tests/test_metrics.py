@@ -1,11 +1,11 @@
-"""Tests for tpjax.metrics against values worked out by hand."""
+"""Tests for tpjax.data.metrics against values worked out by hand."""
 
 import math
 
 import numpy as np
 import pytest
 
-from tpjax import metrics
+from tpjax.data import metrics
 from tpjax.data import glue
 
 # A binary example used throughout (label 1 is positive):

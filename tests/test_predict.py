@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests import helpers
-from tpjax import train
+from tpjax.training import train
 from tpjax.inference import loading
 from tpjax.inference import predict
 

@@ -8,12 +8,12 @@ import sys
 
 import pytest
 
-from tpjax import report
-from tpjax import results
+from tpjax.results import tables
+from tpjax.results import files as result_files
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _README = os.path.join(_ROOT, "README.md")
-_RESULTS = os.path.join(_ROOT, results.DEFAULT_DIR)
+_RESULTS = os.path.join(_ROOT, result_files.DEFAULT_DIR)
 
 
 def _readme() -> str:
@@ -24,14 +24,14 @@ def _readme() -> str:
 def test_readme_tables_match_the_json():
   text = _readme()
   assert text.count("<!-- report:") >= 4
-  stale = report.stale_tables(text, _RESULTS)
+  stale = tables.stale_tables(text, _RESULTS)
   assert not stale, f"README tables {stale} are stale: run python -m tpjax.report"
 
 
 def test_every_curve_sweep_and_benchmark_has_a_table():
   text = _readme()
-  for name, data in results.read_all(_RESULTS).items():
-    if results.is_curve(data) or results.is_inference(data):
+  for name, data in result_files.read_all(_RESULTS).items():
+    if result_files.is_curve(data) or result_files.is_inference(data):
       assert f"<!-- report:{name} -->" in text, name
 
 
@@ -41,7 +41,7 @@ def test_a_changed_measurement_makes_the_check_fail(tmp_path):
   shutil.copy(_README, readme)
   command = [sys.executable, "-m", "tpjax.report", f"--readme={readme}",
              f"--results={tmp_path / 'results'}"]
-  measured = sorted(results.inference_results(str(tmp_path / "results")))
+  measured = sorted(result_files.inference_results(str(tmp_path / "results")))
   name = measured[0] if measured else "inference_made_up.json"
   if not measured:  # no benchmark in benchmarks/results: a made-up one with its table
     made_up = {"task": "sst2", "split": "validation", "examples": 8, "workdir": "runs/x",
@@ -66,15 +66,15 @@ def test_a_changed_measurement_makes_the_check_fail(tmp_path):
     assert (tmp_path / "results" / picture).stat().st_size > 10_000
   text = readme.read_text()
   assert "| pruned (compaction engine) | 12345.0 |" in text
-  assert report.stale_tables(text, str(tmp_path / "results")) == []
+  assert tables.stale_tables(text, str(tmp_path / "results")) == []
   # Only the table changed.
   assert len(text.splitlines()) == len(before.splitlines())
 
 
 def test_marker_without_file_is_an_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="missing.json"):
-    report.render("<!-- report:missing.json -->\n<!-- /report -->\n", str(tmp_path))
+    tables.render("<!-- report:missing.json -->\n<!-- /report -->\n", str(tmp_path))
 
 
 def test_kept_fractions_format():
-  assert report._fractions([1.0, 0.9994, 0.0804, 0.9996]) == "1, .999, .080, 1"
+  assert tables._fractions([1.0, 0.9994, 0.0804, 0.9996]) == "1, .999, .080, 1"

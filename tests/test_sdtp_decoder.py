@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tpjax import generate
+from tpjax.inference import generation
 from tpjax.data import squad_docs
 from tpjax.models import decoder
 from tpjax.pruning import sdtp_decoder
@@ -53,7 +53,7 @@ def test_keep_ratio_one_equals_plain_decoder(tiny):
   model, params, w = tiny
   keep_all = sdtp_decoder.Schedule(layers=(2, 4), keep=(1.0, 1.0), keep_first=2, step=4)
   pruned = sdtp_decoder.PrunedPrefill(model, params, keep_all, linear_scorer, w)
-  gen = generate.Generator(model, params, buckets=(48,))
+  gen = generation.Generator(model, params, buckets=(48,))
   ids, valid = _pad_right(PROMPTS, 48)
   result = pruned.prefill(ids, valid)
   assert list(result.kept) == [48, 48, 40, 40, 40]  # the gather ran (48 -> 40 slots)

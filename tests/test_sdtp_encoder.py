@@ -8,7 +8,7 @@ import pytest
 
 from configs import tiny
 from tests import helpers
-from tpjax import train
+from tpjax.training import train
 from tpjax.inference import engine as engine_lib
 from tpjax.models import classifier
 from tpjax.models import encoder as encoder_lib

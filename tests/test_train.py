@@ -8,7 +8,7 @@ import jax
 import pytest
 
 from tests import helpers
-from tpjax import train
+from tpjax.training import train
 from tpjax.data import batching
 from tpjax.models import classifier
 

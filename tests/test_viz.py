@@ -1,4 +1,4 @@
-"""tpjax.viz draws what it claims: checked on the pixels and markup it writes."""
+"""tpjax.results.plots draws what it claims: checked on the pixels and markup it writes."""
 
 import html.parser
 import os
@@ -8,8 +8,8 @@ from matplotlib import image as mimage
 import numpy as np
 import pytest
 
-from tpjax import results
-from tpjax import viz
+from tpjax.results import files as result_files
+from tpjax.results import plots
 
 _RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                         "benchmarks", "results")
@@ -40,27 +40,27 @@ def test_heatmap_has_one_row_per_layer(tmp_path, layers):
   for layer in range(layers):  # cumulative: one more token gone per layer
     kept[layer:, len(tokens) - 1 - layer % 5] = False
   path = str(tmp_path / "survival.png")
-  fig = viz.survival_heatmap(tokens, kept, path=path)
+  fig = plots.survival_heatmap(tokens, kept, path=path)
   width, height = (fig.get_size_inches() * fig.dpi).round().astype(int)
   img = _assert_picture(path, width, height)
-  cells = _mask(img, viz.KEPT_COLOUR) | _mask(img, viz.PRUNED_COLOUR)
+  cells = _mask(img, plots.KEPT_COLOUR) | _mask(img, plots.PRUNED_COLOUR)
   assert _runs(cells.any(axis=1)) == layers
   assert _runs(cells.any(axis=0)) == len(tokens)
   # The last layer's row holds exactly its pruned cells in PRUNED_COLOUR.
   rows = np.flatnonzero(cells.any(axis=1))
   last_row = img[rows[-1] - 2]
-  assert _runs(_mask(last_row[None], viz.PRUNED_COLOUR)[0]) == (~kept[-1]).sum()
+  assert _runs(_mask(last_row[None], plots.PRUNED_COLOUR)[0]) == (~kept[-1]).sum()
 
 
 def test_heatmap_checks_token_count():
   with pytest.raises(ValueError, match="3 tokens"):
-    viz.survival_heatmap(["a", "b", "c"], np.ones((2, 4), bool))
+    plots.survival_heatmap(["a", "b", "c"], np.ones((2, 4), bool))
 
 
 def test_survival_from_record():
   record = {"input_tokens": ["[CLS]", "x", "y", "[SEP]"],
             "kept_positions": [[0, 1, 2, 3], [0, 2], [0]]}
-  tokens, kept = viz.survival_from_record(record)
+  tokens, kept = plots.survival_from_record(record)
   assert tokens == record["input_tokens"]
   np.testing.assert_array_equal(kept.sum(axis=1), [4, 2, 1])
   assert kept[1].tolist() == [True, False, True, False]
@@ -90,7 +90,7 @@ def test_html_is_self_contained_and_escaped(tmp_path):
             "caption": "first & best"},
            {"tokens": ["[CLS]", "b"], "kept": [[1, 1], [1, 0]]}]
   path = str(tmp_path / "kept.html")
-  text = viz.survival_html(items, path)
+  text = plots.survival_html(items, path)
   with open(path, encoding="utf-8") as f:
     assert f.read() == text
   parser = _Counter()
@@ -104,17 +104,17 @@ def test_html_is_self_contained_and_escaped(tmp_path):
 
 def test_pareto_front():
   def p(flops, accuracy):
-    return results.Point("s", flops, accuracy, "", "x")
+    return result_files.Point("s", flops, accuracy, "", "x")
   points = [p(1.0, 0.9), p(0.6, 0.89), p(0.7, 0.88), p(0.5, 0.80), p(0.6, 0.85)]
-  assert results.pareto_front(points) == [p(0.5, 0.80), p(0.6, 0.89), p(1.0, 0.9)]
+  assert result_files.pareto_front(points) == [p(0.5, 0.80), p(0.6, 0.89), p(1.0, 0.9)]
 
 
 def test_pareto_plot_of_the_measured_results(tmp_path):
-  points = results.accuracy_points(_RESULTS, "sst2")
+  points = result_files.accuracy_points(_RESULTS, "sst2")
   series = list(dict.fromkeys(p.series for p in points))
   assert {"unpruned", "LTP", "topk, 1 full layer, training-free"} <= set(series)
   path = str(tmp_path / "pareto.png")
-  viz.pareto_plot(points, path=path)
+  plots.pareto_plot(points, path=path)
   img = _assert_picture(path, 640, 440)
   for i in range(len(series)):  # every series is drawn in its own colour
     assert _mask(img, f"C{i}").sum() > 20, series[i]
@@ -129,13 +129,13 @@ def test_throughput_plot_has_one_bar_per_system(tmp_path):
              "method": "ltp", "batch_size": 32, "buckets": [128],
              "systems": {k: {"examples_per_s": v[0], "latency_p50_ms": v[1]}
                          for k, v in values.items()}}
-  benchmarks = list(results.inference_results(_RESULTS).values()) or [made_up]
+  benchmarks = list(result_files.inference_results(_RESULTS).values()) or [made_up]
   path = str(tmp_path / "throughput.png")
-  fig = viz.throughput_plot(benchmarks, path=path)
+  fig = plots.throughput_plot(benchmarks, path=path)
   width, height = (fig.get_size_inches() * fig.dpi).round().astype(int)
   img = _assert_picture(path, width, height)
   bars = np.zeros(img.shape[:2], bool)
-  for colour in viz.SYSTEM_COLOURS.values():
+  for colour in plots.SYSTEM_COLOURS.values():
     bars |= _mask(img, colour)
   assert _runs(bars.any(axis=1)) == sum(len(b["systems"]) for b in benchmarks)
   # Two panels (throughput, latency) side by side.

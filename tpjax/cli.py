@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 from absl import app
 from absl import flags
 
-from tpjax import errors
+from tpjax.training import errors
 from tpjax.data import glue
 
 # Set to 1 to get tracebacks for user errors as well.

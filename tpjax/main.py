@@ -1,7 +1,7 @@
 """Command line: `python -m tpjax.main --config=configs/sst2.py [--workdir=DIR]`.
 
-The config is checked before any work (tpjax/config_checks.py), then against the
-stages already in the workdir (tpjax/fingerprint.py). The first lines printed say which
+The config is checked before any work (tpjax/training/config_checks.py), then against the
+stages already in the workdir (tpjax/training/fingerprint.py). The first lines printed say which
 data source and which model the run uses. User errors (no data, a bad config value, a
 workdir made with another config) print one paragraph and exit with code 2; a run
 that stops on a NaN or a damaged checkpoint exits 1; Ctrl-C exits 130. See
@@ -19,8 +19,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from tpjax import config_checks
-from tpjax import train
+from tpjax.training import config_checks
+from tpjax.training import train
 from tpjax.data import glue
 from tpjax.models import pretrained
 

@@ -3,7 +3,7 @@
 Input is text, one example per line; for sentence-pair tasks the two texts are
 separated by a tab. Output lines come in input order; a bad line gets its own record
 with an "error" field (see tpjax/inference/predict.py). `--html=FILE` also writes
-which tokens each layer kept, as coloured text and a grid per input (tpjax/viz.py).
+which tokens each layer kept, as coloured text and a grid per input (tpjax/results/plots.py).
 """
 
 import json
@@ -12,7 +12,7 @@ import sys
 from absl import flags
 
 from tpjax import cli
-from tpjax import viz
+from tpjax.results import plots
 from tpjax.inference import loading
 from tpjax.inference import predict
 
@@ -59,7 +59,7 @@ def main(argv):
     for chunk in predict.chunks(source, _CHUNK.value):
       for raw, record in zip(chunk, predictor.predict_lines(chunk, line, want_kept)):
         if _HTML.value and "error" not in record:
-          tokens, kept = viz.survival_from_record(record)
+          tokens, kept = plots.survival_from_record(record)
           pictures.append({"tokens": tokens, "kept": kept,
                            "caption": _caption(record, raw)})
         if not _SHOW_KEPT.value:
@@ -73,7 +73,7 @@ def main(argv):
     if sink is not sys.stdout:
       sink.close()
   if _HTML.value:
-    viz.survival_html(pictures, _HTML.value,
+    plots.survival_html(pictures, _HTML.value,
                       title=f"tpjax: tokens kept by {_WORKDIR.value}")
     print(f"Kept tokens of {len(pictures)} inputs written to {_HTML.value}",
           file=sys.stderr)

@@ -1,1 +1,1 @@
-"""GLUE data sources, tokenization and bucketing."""
+"""Data: GLUE (TFDS and TSV) and its metrics, SQuAD documents, tokenization and bucketing."""

@@ -1,1 +1,1 @@
-"""Inference: loading trained runs, the bucketed compaction engine, CLIs."""
+"""Inference: loading trained runs, the bucketed compaction engine, prediction, decoder generation, peers and the benchmark harness."""

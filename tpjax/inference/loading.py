@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from tpjax import checkpoints
+from tpjax.training import checkpoints
 from tpjax.data import glue
 from tpjax.data import tokenization
 from tpjax.models import classifier

@@ -1,1 +1,1 @@
-"""Encoder models, their configs and weight import."""
+"""Models: the Flax encoder (BERT, RoBERTa) and classifier heads, the Llama-family decoder, their configs, HF and GGUF weight import and tokenizers."""

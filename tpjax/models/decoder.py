@@ -22,7 +22,7 @@ compiled layer per input shape serves every layer); `attend`'s `k_keep` simulate
 pruning at full length with the policy mask; `caches_from_layers` builds caches whose
 sizes differ per layer.
 
-Typical use (see tpjax/generate.py):
+Typical use (see tpjax/inference/generation.py):
 
     hidden, kv = model.apply(variables, ids, positions, valid, method=model.prefill)
     caches = decoder.caches_from_prefill(kv, positions, valid, capacity)

@@ -7,7 +7,7 @@ training loss, and optionally a teacher. Stages: 'finetune' (no pruning), 'soft'
 decisions, method parameters frozen). Evaluation of a 'soft' stage uses the 'hard'
 decisions, which are what inference runs.
 
-The training loop (`tpjax.train`) is generic: it calls, per step,
+The training loop (`tpjax.training.train`) is generic: it calls, per step,
 
     prune_fn(params['pruning'], stage, rng)      the encoder hook (rng: stochastic gates)
     loss(params['pruning'], output, teacher, batch, stage, progress, num_labels)

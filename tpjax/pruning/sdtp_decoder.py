@@ -398,7 +398,7 @@ def kv_cache_bytes(result: PrefillResult) -> int:
 
 def keep_fraction(config: decoder_lib.DecoderConfig, schedule: Schedule, n: int) -> dict:
   """How much of an n-token prompt survives: at the last stage, and averaged over
-  layers (token-layers), for reporting."""
+  layers (token-layers), for run_log."""
   counts = [n] * config.num_hidden_layers
   for l, r in zip(schedule.layers, schedule.keep):
     k = int(kept_count(np.array([n]), r, schedule.keep_first, schedule.keep_last)[0])
@@ -431,7 +431,7 @@ def load_predictors(workdir: str, config: decoder_lib.DecoderConfig,
   if not os.path.isfile(meta_path):
     raise FileNotFoundError(f"No trained SDTP predictors in {workdir!r} (expected "
                             "sdtp.json and predictors.msgpack); train them with "
-                            "`python -m tpjax.train_sdtp_decoder`.")
+                            "`python -m tpjax.training.sdtp_decoder`.")
   with open(meta_path, encoding="utf-8") as f:
     meta = json.load(f)
   sch = meta.pop("schedule")

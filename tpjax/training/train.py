@@ -22,13 +22,13 @@ import numpy as np
 import optax
 import tqdm
 
-from tpjax import checkpoints
-from tpjax import config_checks
-from tpjax import errors
-from tpjax import fingerprint
-from tpjax import metrics as metrics_lib
-from tpjax import parallel
-from tpjax import reporting
+from tpjax.training import checkpoints
+from tpjax.training import config_checks
+from tpjax.training import errors
+from tpjax.training import fingerprint
+from tpjax.data import metrics as metrics_lib
+from tpjax.training import parallel
+from tpjax.training import run_log
 from tpjax.data import batching
 from tpjax.data import glue
 from tpjax.data import tokenization
@@ -370,7 +370,7 @@ def run_stage(ctx: RunContext, stage: str, init_params: dict,
     state = restored
     logging.info("Resuming stage %s at step %d.", stage, int(state.step))
   if is_main:  # rows after the resumed step are written again below
-    reporting.drop_rows_after(stage_dir, -1 if restored is None else int(state.step))
+    run_log.drop_rows_after(stage_dir, -1 if restored is None else int(state.step))
   state = parallel.replicate(state, mesh)
   if teacher is not None:  # its own buffers: the state's are donated every step
     teacher = parallel.replicate(jax.tree.map(jnp.copy, teacher), mesh)
@@ -387,7 +387,7 @@ def run_stage(ctx: RunContext, stage: str, init_params: dict,
       p_eval, params, ctx.eval_data[split], task, config, mesh, ctx.tokenizer.pad_token_id,
       model.config, where=f"Stage {stage}, step {step}, {split}")
   main_split = info.eval_splits[0]
-  reporter = reporting.Reporter(stage_dir, enabled=is_main)
+  reporter = run_log.Reporter(stage_dir, enabled=is_main)
   base_rng = jax.random.PRNGKey(config.seed + 1)
   step = int(state.step)
   start_time = time.time()
@@ -463,7 +463,7 @@ def run_stage(ctx: RunContext, stage: str, init_params: dict,
              "wall_time_s": time.time() - start_time, "dev": dev,
              "pruning": ctx.method.metrics(parallel.to_host(handover["pruning"]))}
   if is_main:
-    reporting.write_json(os.path.join(stage_dir, "summary.json"), summary)
+    run_log.write_json(os.path.join(stage_dir, "summary.json"), summary)
   return handover, summary
 
 
@@ -503,7 +503,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                parallel.global_batch_size(config.data.per_device_batch_size, mesh))
   ctx = RunContext(config, workdir, model, tokenizer, method, train_data, eval_data, mesh)
   if jax.process_index() == 0:
-    reporting.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    run_log.write_json(os.path.join(workdir, "config.json"), config.to_dict())
 
   params = {"model": model_params,
             "pruning": method.init_params(jax.random.fold_in(rng, 1))}
@@ -531,7 +531,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
              "device_kind": jax.devices()[0].device_kind,
              "config": config.to_dict()}
   if jax.process_index() == 0:
-    reporting.write_json(os.path.join(workdir, "summary.json"), summary)
+    run_log.write_json(os.path.join(workdir, "summary.json"), summary)
   return summary
 
 

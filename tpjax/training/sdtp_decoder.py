@@ -1,6 +1,6 @@
 """Trains SDTP prediction modules for a decoder's prefill (issue 11 part B).
 
-    python -m tpjax.train_sdtp_decoder --config=configs/smollm_sdtp.py \\
+    python -m tpjax.training.sdtp_decoder --config=configs/smollm_sdtp.py \\
         --workdir=runs/smollm_sdtp
 
 1. Saliency targets: 512-token windows of the training articles go through the frozen

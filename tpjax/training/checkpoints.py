@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from tpjax import errors
+from tpjax.training import errors
 
 CHECKSUMS = "checksums.json"
 

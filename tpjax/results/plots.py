@@ -2,7 +2,7 @@
 
 Everything draws on matplotlib `Figure` objects with the Agg canvas, so it works
 headless (tests, CI) and never touches pyplot's global state; notebooks show a
-figure with `IPython.display.Image(viz.png(fig))`.
+figure with `IPython.display.Image(plots.png(fig))`.
 
   survival_heatmap   which tokens each layer kept, one row per layer (PNG)
   survival_html      the same as coloured text plus a per-layer grid, one
@@ -23,7 +23,7 @@ from matplotlib import figure as mfigure
 from matplotlib.backends import backend_agg
 import numpy as np
 
-from tpjax import results
+from tpjax.results import files as result_files
 
 KEPT_COLOUR = "#2f9e44"    # a token still present after the layer
 PRUNED_COLOUR = "#ffa8a8"  # a token removed at or before the layer
@@ -46,7 +46,7 @@ def _save(fig: mfigure.Figure, path: Optional[str]) -> mfigure.Figure:
 
 
 def png(fig: mfigure.Figure) -> bytes:
-  """The figure as PNG bytes, e.g. for `IPython.display.Image(viz.png(fig))`."""
+  """The figure as PNG bytes, e.g. for `IPython.display.Image(plots.png(fig))`."""
   buffer = io.BytesIO()
   fig.savefig(buffer, format="png", dpi=_DPI)
   return buffer.getvalue()
@@ -166,12 +166,12 @@ def survival_html(items: Sequence[dict], path: Optional[str] = None,
   return text
 
 
-def pareto_plot(points: Sequence[results.Point], title: str = "",
+def pareto_plot(points: Sequence[result_files.Point], title: str = "",
                 path: Optional[str] = None) -> mfigure.Figure:
   """Accuracy versus relative FLOPs for every point, and their Pareto front.
 
   Args:
-    points: `results.Point`s (e.g. `results.accuracy_points()`).
+    points: `result_files.Point`s (e.g. `result_files.accuracy_points()`).
     title: Figure title.
     path: PNG file to write, or None.
 
@@ -192,7 +192,7 @@ def pareto_plot(points: Sequence[results.Point], title: str = "",
       if p.label:
         ax.annotate(p.label, (p.relative_flops, 100 * p.accuracy), fontsize=7,
                     textcoords="offset points", xytext=(4, -9))
-  front = results.pareto_front(points)
+  front = result_files.pareto_front(points)
   if front:
     ax.step([p.relative_flops for p in front], [100 * p.accuracy for p in front],
             where="post", color="black", alpha=0.35, lw=4, zorder=0,
@@ -211,7 +211,7 @@ def throughput_plot(benchmarks: Sequence[dict], path: Optional[str] = None
   """Throughput and batch-1 latency of every system of every benchmark.
 
   Args:
-    benchmarks: `tpjax.benchmark` results (e.g. `results.inference_results()`).
+    benchmarks: `tpjax.benchmark` results (e.g. `result_files.inference_results()`).
     path: PNG file to write, or None.
 
   Returns:
@@ -233,13 +233,13 @@ def throughput_plot(benchmarks: Sequence[dict], path: Optional[str] = None
       values = [bench["systems"][n][key] for n in names]
       ax.barh(y, values, height=0.7, antialiased=False,
               color=[SYSTEM_COLOURS.get(n, "#495057") for n in names])
-      ax.set_yticks(y, [results.system_name(n, bench) for n in names], fontsize=7)
+      ax.set_yticks(y, [result_files.system_name(n, bench) for n in names], fontsize=7)
       ax.set_ylim(len(names) - 0.5, -0.5)
       ax.set_xlabel(label, fontsize=8)
       ax.tick_params(axis="x", labelsize=7)
       ax.grid(axis="x", alpha=0.3)
       ax.set_axisbelow(True)  # grid lines behind the bars, not across them
     row[1].set_yticklabels([])
-    row[0].set_title(results.describe_inference(bench), fontsize=8, loc="left")
+    row[0].set_title(result_files.describe_inference(bench), fontsize=8, loc="left")
   fig.tight_layout()
   return _save(fig, path)
