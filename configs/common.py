@@ -42,6 +42,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.name = "minilm-l6"  # alias or local Hugging Face directory
   config.model.random_init = False  # random weights, architecture with overrides
   config.model.overrides = ml_collections.ConfigDict()
+  # Matmul operand dtype, float32 accumulation (tpjax/models/precision.py): auto
+  # (bfloat16 on GPUs, TPUs and CPUs with AMX/AVX512-BF16, else float32) | bfloat16 |
+  # float32. Parameters, optimiser state, norms, softmax, losses and keep decisions
+  # stay float32 either way.
+  config.model.compute_dtype = "auto"
 
   config.data = ml_collections.ConfigDict()
   config.data.glue_dir = ""       # '' means $TPJAX_GLUE_DIR, then TFDS

@@ -9,6 +9,7 @@ def get_config():
   config = common.get_base_config()
   config.task = "sst2"
   config.model.random_init = True
+  config.model.compute_dtype = "float32"  # exactness tests compare at 1e-6
   config.model.overrides = ml_collections.ConfigDict({
       "hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2,
       "intermediate_size": 64, "hidden_dropout_prob": 0.1,

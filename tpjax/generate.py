@@ -24,12 +24,16 @@ _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 128, "Tokens to generate at mo
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 for greedy decoding.")
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (with temperature > 0).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_COMPUTE_DTYPE = flags.DEFINE_enum(
+    "compute_dtype", "auto", ["auto", "bfloat16", "float32"],
+    "Matmul operand dtype; auto: bfloat16 where the hardware has a bf16 matrix engine.")
 
 
 def main(argv):
   del argv
   from tpjax.models import pretrained  # pylint: disable=g-import-not-at-top
-  model, params, tokenizer = pretrained.load_pretrained(_MODEL.value)
+  model, params, tokenizer = pretrained.load_pretrained(
+      _MODEL.value, compute_dtype=_COMPUTE_DTYPE.value)
   gen = generation.Generator(model, params, tokenizer)
   ids = gen.encode_prompt(_PROMPT.value, _CHAT.value)
   detok = llama_tokenizer.StreamDecoder(tokenizer)

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tpjax.models import encoder as encoder_lib
+from tpjax.models import precision
 from tpjax.pruning import base
 
 
@@ -140,13 +141,16 @@ def _layer_norm(p: dict, x: jax.Array, eps: float) -> jax.Array:
   return nn.LayerNorm(epsilon=eps).apply({"params": p}, x)
 
 
-def _dense(p: dict, x: jax.Array) -> jax.Array:
-  return x @ p["kernel"] + p["bias"]
+def _dense(p: dict, x: jax.Array, dtype: str) -> jax.Array:
+  return precision.matmul(x, p["kernel"], dtype) + p["bias"]
 
 
-def fuse_layers(model_params: dict, num_layers: int) -> list[dict]:
+def fuse_layers(model_params: dict, num_layers: int, dtype: str = "float32"
+                ) -> list[dict]:
   """Per layer: {'qkv': fused [hidden, 3 hidden] dense, 'attn_out', 'attn_norm',
-  'ffn_in', 'ffn_out', 'ffn_norm'}; built once so no call concatenates weights."""
+  'ffn_in', 'ffn_out', 'ffn_norm'}; built once so no call concatenates weights, with
+  the dense kernels already in the compute dtype `dtype` so no call casts them."""
+  model_params = precision.cast_kernels(model_params, dtype)
   out = []
   for i in range(num_layers):
     p = model_params["encoder"]["layer"][str(i)]
@@ -194,9 +198,13 @@ class Engine:
                        f"{small_chunk}.")
     self.method = method if (method is not None and prune and
                              method.prune_fn(params["pruning"], "hard") is not None) else None
-    self.weights = {"model": params["model"], "pruning": params["pruning"]}
+    # Dense kernels stored in the compute dtype: read at half the bytes, never cast.
+    self.weights = {"model": precision.cast_kernels(params["model"],
+                                                    model.config.compute_dtype),
+                    "pruning": params["pruning"]}
     if self.method:  # the packed path's fused weights; the dense path reads the model's
-      self.weights["layers"] = fuse_layers(params["model"], self.num_layers)
+      self.weights["layers"] = fuse_layers(params["model"], self.num_layers,
+                                           model.config.compute_dtype)
     self._forward = jax.jit(self._run if self.method else self._run_dense,
                             static_argnames=("with_positions",))
     self.compile_seconds: dict[tuple[int, int], float] = {}
@@ -256,7 +264,7 @@ class Engine:
     cfg = self.model.config
     rows, seq = input_ids.shape
     width, heads = cfg.hidden_size, cfg.num_attention_heads
-    eps = cfg.layer_norm_eps
+    eps, dtype = cfg.layer_norm_eps, cfg.compute_dtype
     act = encoder_lib._activation(cfg)  # pylint: disable=protected-access
     layers = weights["layers"]
     prune_fn = self.method.prune_fn(weights["pruning"], "hard")
@@ -277,10 +285,12 @@ class Engine:
         split = lambda x: x.reshape(rows, w, heads, width // heads)
         qkv_rows = row_view(qkv, start, count, w)
         q, k, v = (split(qkv_rows[..., i * width:(i + 1) * width]) for i in range(3))
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(width // heads).astype(
-            q.dtype)
+        heads_first = lambda x: x.transpose(0, 2, 1, 3)
+        logits = precision.matmul(heads_first(q), k.transpose(0, 2, 3, 1), dtype) / jnp.sqrt(
+            width // heads).astype(jnp.float32)
         probs = jax.nn.softmax(logits + encoder_lib.key_bias(mask[:, :w]), axis=-1)
-        context = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(rows, w, width)
+        context = heads_first(precision.matmul(probs, heads_first(v), dtype)).reshape(
+            rows, w, width)
         received = encoder_lib.attention_received(probs, mask[:, :w])
         return (jnp.pad(context, ((0, 0), (0, seq - w), (0, 0))),
                 jnp.pad(received, ((0, 0), (0, seq - w))))
@@ -293,7 +303,7 @@ class Engine:
 
     def attention_output(p):
       return lambda context, h: (_layer_norm(p["attn_norm"],
-                                             _dense(p["attn_out"], context) + h, eps),)
+                                             _dense(p["attn_out"], context, dtype) + h, eps),)
 
     def feed_forward(layer, attend=False):
       """[attention output of `layer`,] FFN of `layer` (none for -1), then the next
@@ -304,11 +314,12 @@ class Engine:
         (x,) = x
         if layer >= 0:
           p = layers[layer]
-          x = _layer_norm(p["ffn_norm"], _dense(p["ffn_out"], act(_dense(p["ffn_in"], x)))
+          x = _layer_norm(p["ffn_norm"], _dense(p["ffn_out"], act(_dense(p["ffn_in"], x,
+                                                                         dtype)), dtype)
                           + x, eps)
         if layer + 1 == len(layers):
           return (x,)
-        return x, _dense(layers[layer + 1]["qkv"], x)
+        return x, _dense(layers[layer + 1]["qkv"], x, dtype)
       return fn
 
     # Packed layout: row b's live tokens at start[b] .. start[b] + count[b] - 1. Rows

@@ -25,6 +25,7 @@ import numpy as np
 
 from tpjax.models import decoder as decoder_lib
 from tpjax.models import llama_tokenizer
+from tpjax.models import precision
 
 # Prompt lengths are padded up to the next of these (then to multiples of the last).
 BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072,
@@ -86,7 +87,10 @@ class Generator:
                tokenizer: Optional[llama_tokenizer.DecoderTokenizer] = None,
                buckets: Sequence[int] = BUCKETS, cache_step: int = CACHE_STEP):
     self.model = model
-    self.params = params
+    # Matmul weights (the tied LM head's embedding too) stored in the compute dtype:
+    # decode reads every weight once per token, so this halves its bytes in bfloat16.
+    self.params = precision.cast_kernels(params, model.config.compute_dtype,
+                                         ("kernel", "embedding"))
     self.tokenizer = tokenizer
     self.buckets = tuple(buckets)
     self.cache_step = cache_step

@@ -14,13 +14,15 @@ from tpjax.data import tokenization
 from tpjax.models import config as config_lib
 from tpjax.models import encoder as encoder_lib
 from tpjax.models import hf_weights
+from tpjax.models import precision
 from tpjax.models import pretrained
 
 
 def build(config: ml_collections.ConfigDict, num_labels: int, rng: jax.Array):
   """Returns (EncoderModel, model params, Tokenizer) for `config.model`.
 
-  With `config.model.random_init`, the architecture is the named checkpoint's with
+  The model computes in `config.model.compute_dtype` ('auto': bfloat16 where the
+  hardware has a bf16 matrix engine, else float32). With `config.model.random_init`, the architecture is the named checkpoint's with
   `config.model.overrides` applied and the weights are random (tiny test models).
   """
   directory = pretrained.resolve(config.model.name)
@@ -28,8 +30,9 @@ def build(config: ml_collections.ConfigDict, num_labels: int, rng: jax.Array):
                                                     max_length=config.data.max_length)
   if not config.model.random_init:
     model, params = hf_weights.load_hf_model(directory, num_labels=num_labels, rng=rng)
-    return model, params, tokenizer
-  base = config_lib.EncoderConfig.from_json(os.path.join(directory, "config.json"))
-  model_config = dataclasses.replace(base, **config.model.overrides.to_dict())
-  model = encoder_lib.EncoderModel(model_config, num_labels=num_labels)
-  return model, encoder_lib.init_params(model, rng), tokenizer
+  else:
+    base = config_lib.EncoderConfig.from_json(os.path.join(directory, "config.json"))
+    model_config = dataclasses.replace(base, **config.model.overrides.to_dict())
+    model = encoder_lib.EncoderModel(model_config, num_labels=num_labels)
+    params = encoder_lib.init_params(model, rng)
+  return precision.with_dtype(model, config.model.compute_dtype), params, tokenizer

@@ -5,6 +5,8 @@ import json
 import os
 from typing import Any, Mapping
 
+from tpjax.models import precision
+
 SUPPORTED_MODEL_TYPES = ("bert", "roberta")
 
 
@@ -27,6 +29,8 @@ class EncoderConfig:
   pad_token_id: int = 0
   initializer_range: float = 0.02
   classifier_dropout: float | None = None
+  # Dot operand dtype (tpjax/models/precision.py); a run-time choice, not saved.
+  compute_dtype: str = "float32"
 
   def __post_init__(self):
     if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -37,6 +41,7 @@ class EncoderConfig:
                        f"num_attention_heads {self.num_attention_heads}.")
     if self.hidden_act not in ("gelu", "relu"):
       raise ValueError(f"hidden_act {self.hidden_act!r} is not supported.")
+    precision.check(self.compute_dtype)
 
   @property
   def head_dim(self) -> int:
@@ -57,7 +62,9 @@ class EncoderConfig:
       return cls.from_dict(json.load(f))
 
   def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
+    d = dataclasses.asdict(self)
+    del d["compute_dtype"]
+    return d
 
   def save(self, directory: str) -> None:
     with open(os.path.join(directory, "config.json"), "w") as f:

@@ -39,6 +39,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from tpjax.models import precision
+
 SUPPORTED_ARCHITECTURES = ("llama",)
 # Query rows per attention block in prefill; key blocks past a query block are skipped.
 PREFILL_BLOCK = 512
@@ -70,6 +72,8 @@ class DecoderConfig:
   eos_token_id: Optional[int] = None
   pad_token_id: Optional[int] = None
   initializer_range: float = 0.02
+  # Dot operand dtype (tpjax/models/precision.py); a run-time choice, not saved.
+  compute_dtype: str = "float32"
 
   def __post_init__(self):
     if self.model_type not in SUPPORTED_ARCHITECTURES:
@@ -87,6 +91,7 @@ class DecoderConfig:
       object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
     if self.head_dim % 2:
       raise ConfigError(f"RoPE needs an even head_dim, got {self.head_dim}.")
+    precision.check(self.compute_dtype)
 
   @property
   def num_groups(self) -> int:
@@ -130,6 +135,7 @@ class DecoderConfig:
 
   def to_hf_dict(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)
+    del d["compute_dtype"]
     d["architectures"] = ["LlamaForCausalLM"]
     return d
 
@@ -213,7 +219,7 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
 
 def attend(q: jax.Array, keys: jax.Array, values: jax.Array, q_positions: jax.Array,
            k_positions: jax.Array, k_valid: jax.Array,
-           k_keep: Optional[jax.Array] = None) -> jax.Array:
+           k_keep: Optional[jax.Array] = None, dtype: str = "float32") -> jax.Array:
   """Grouped-query attention where key j is visible to query i iff it is valid and
   position_j <= position_i.
 
@@ -230,6 +236,7 @@ def attend(q: jax.Array, keys: jax.Array, values: jax.Array, q_positions: jax.Ar
     k_positions: <int32>[batch, k_len].
     k_valid: <bool>[batch, k_len].
     k_keep: None, or <float32>[batch, k_len] keep mask M in [0, 1].
+    dtype: the compute dtype of the two matmuls (float32 accumulation).
   Returns:
     <float32>[batch, q_len, kv_heads, groups, head_dim]. A query that sees no key
     (padding) gets a finite, meaningless output.
@@ -238,7 +245,7 @@ def attend(q: jax.Array, keys: jax.Array, values: jax.Array, q_positions: jax.Ar
   # [batch, kv_heads, groups * q_len, head_dim]: one plain batched matmul per KV head.
   rows = (q * head_dim ** -0.5).transpose(0, 2, 3, 1, 4).reshape(
       batch, kv_heads, groups * q_len, head_dim)
-  logits = jnp.matmul(rows, keys.swapaxes(-1, -2))
+  logits = precision.matmul(rows, keys.swapaxes(-1, -2), dtype)
   visible = k_valid[:, None, :] & (k_positions[:, None, :] <= q_positions[:, :, None])
   visible = jnp.tile(visible, (1, groups, 1))[:, None]  # rows are (group, query)
   logits = jnp.where(visible, logits, _NEG_INF)
@@ -248,12 +255,12 @@ def attend(q: jax.Array, keys: jax.Array, values: jax.Array, q_positions: jax.Ar
     policy = jnp.where(itself, 1.0, k_keep[:, None, :].astype(weights.dtype))
     weights = weights * jnp.tile(policy, (1, groups, 1))[:, None]
   # Normalising after the value matmul divides head_dim, not k_len, numbers per row.
-  out = jnp.matmul(weights, values) / jnp.sum(weights, axis=-1, keepdims=True)
+  out = precision.matmul(weights, values, dtype) / jnp.sum(weights, axis=-1, keepdims=True)
   return out.reshape(batch, kv_heads, groups, q_len, head_dim).transpose(0, 3, 1, 2, 4)
 
 
 def blocked_causal_attend(q, keys, values, positions, valid, keep=None,
-                          block: int = PREFILL_BLOCK) -> jax.Array:
+                          block: int = PREFILL_BLOCK, dtype: str = "float32") -> jax.Array:
   """`attend` of a sequence on itself, skipping key blocks after each query block.
 
   Valid slots must be in increasing position order, so keys after a query block's last
@@ -261,13 +268,13 @@ def blocked_causal_attend(q, keys, values, positions, valid, keep=None,
   """
   seq = q.shape[1]
   if seq <= block:
-    return attend(q, keys, values, positions, positions, valid, keep)
+    return attend(q, keys, values, positions, positions, valid, keep, dtype)
   outs = []
   for start in range(0, seq, block):
     end = min(start + block, seq)
     outs.append(attend(q[:, start:end], keys[:, :, :end], values[:, :, :end],
                        positions[:, start:end], positions[:, :end], valid[:, :end],
-                       None if keep is None else keep[:, :end]))
+                       None if keep is None else keep[:, :end], dtype))
   return jnp.concatenate(outs, axis=1)
 
 
@@ -285,7 +292,8 @@ class RMSNorm(nn.Module):
 
 def _dense(features: int, config: DecoderConfig, name: str) -> nn.Dense:
   return nn.Dense(features, use_bias=False, name=name,
-                  kernel_init=nn.initializers.normal(config.initializer_range))
+                  kernel_init=nn.initializers.normal(config.initializer_range),
+                  **precision.dense_options(config.compute_dtype))
 
 
 class SelfAttention(nn.Module):
@@ -327,7 +335,9 @@ class SelfAttention(nn.Module):
       <float32>[batch, kv_heads, seq, head_dim], keys after RoPE).
     """
     q, k, v = self._qkv(x, positions)
-    return self._out(blocked_causal_attend(q, k, v, positions, valid, keep)), (k, v)
+    context = blocked_causal_attend(q, k, v, positions, valid, keep,
+                                    dtype=self.config.compute_dtype)
+    return self._out(context), (k, v)
 
   def decode(self, x, positions, cache: LayerCache):
     """Appends the new tokens to `cache` and attends over every valid slot.
@@ -349,7 +359,8 @@ class SelfAttention(nn.Module):
         valid=jax.lax.dynamic_update_slice(
             cache.valid, jnp.ones(positions.shape, bool), (0, at)),
         length=at + x.shape[1])
-    context = attend(q, cache.keys, cache.values, positions, cache.positions, cache.valid)
+    context = attend(q, cache.keys, cache.values, positions, cache.positions, cache.valid,
+                     dtype=self.config.compute_dtype)
     return self._out(context), cache
 
 
@@ -428,12 +439,13 @@ class DecoderModel(nn.Module):
   def logits(self, hidden):
     """<float32>[..., hidden] (after the final norm) -> <float32>[..., vocab]."""
     if self.config.tie_word_embeddings:
-      return self.model.embed_tokens.attend(hidden)
+      return precision.matmul(hidden, self.model.embed_tokens.embedding.T,
+                              self.config.compute_dtype)
     return self.lm_head(hidden)
 
   def embed(self, input_ids):
     """<int32>[batch, seq] -> <float32>[batch, seq, hidden] (the first layer's input)."""
-    return self.model.embed_tokens(input_ids)
+    return self.model.embed_tokens(input_ids).astype(jnp.float32)
 
   def head(self, x):
     """Last layer's output <float32>[..., hidden] -> logits <float32>[..., vocab]."""
@@ -450,7 +462,7 @@ class DecoderModel(nn.Module):
       (final-normed hidden states <float32>[batch, seq, hidden], per-layer tuple of
       (keys, values) each <float32>[batch, kv_heads, seq, head_dim]).
     """
-    x = self.model.embed_tokens(input_ids)
+    x = self.embed(input_ids)
     kv = []
     for layer in self.layers:
       x, layer_kv = layer(x, positions, valid)
@@ -467,7 +479,7 @@ class DecoderModel(nn.Module):
     Returns:
       (<float32>[batch, new, vocab], updated caches).
     """
-    x = self.model.embed_tokens(input_ids)
+    x = self.embed(input_ids)
     new_caches = []
     for layer, cache in zip(self.layers, caches):
       x, cache = layer.decode(x, positions, cache)

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from tpjax.models import config as config_lib
+from tpjax.models import precision
 
 PruneFn = Callable[[int, jax.Array, jax.Array, jax.Array, jax.Array, jax.Array],
                    tuple[jax.Array, Optional[jax.Array], Any]]
@@ -57,7 +58,8 @@ class EncoderOutput:
 
 def _dense(features: int, config: config_lib.EncoderConfig, name: str) -> nn.Dense:
   return nn.Dense(features, name=name,
-                  kernel_init=nn.initializers.normal(config.initializer_range))
+                  kernel_init=nn.initializers.normal(config.initializer_range),
+                  **precision.dense_options(config.compute_dtype))
 
 
 def _layer_norm(config: config_lib.EncoderConfig, name: str = "LayerNorm") -> nn.LayerNorm:
@@ -163,11 +165,13 @@ class SelfAttention(nn.Module):
     q = split(_dense(cfg.hidden_size, cfg, "query")(hidden))
     k = split(_dense(cfg.hidden_size, cfg, "key")(hidden))
     v = split(_dense(cfg.hidden_size, cfg, "value")(hidden))
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(cfg.head_dim).astype(q.dtype)
+    heads_first = lambda x: x.transpose(0, 2, 1, 3)  # [batch, heads, seq, head_dim]
+    logits = precision.matmul(heads_first(q), k.transpose(0, 2, 3, 1),
+                              cfg.compute_dtype) / jnp.sqrt(cfg.head_dim).astype(jnp.float32)
     probs = (jax.nn.softmax(logits + bias, axis=-1) if softmax_fn is None
              else softmax_fn(logits))
     dropped = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic)
-    context = jnp.einsum("bhqk,bkhd->bqhd", dropped, v)
+    context = heads_first(precision.matmul(dropped, heads_first(v), cfg.compute_dtype))
     return context.reshape(batch, seq, cfg.hidden_size), probs
 
 

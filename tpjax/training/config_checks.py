@@ -14,6 +14,7 @@ import ml_collections
 
 from tpjax.data import glue
 from tpjax.models import config as config_lib
+from tpjax.models import precision
 from tpjax.models import pretrained
 from tpjax.pruning import base as pruning_base
 from tpjax.pruning import registry
@@ -68,6 +69,8 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
   need(config.pruning.method in registry.METHODS, "pruning.method",
        f"one of {', '.join(registry.METHODS)}")
   need(config.data.source in ("auto", "tsv", "tfds"), "data.source", "auto, tsv or tfds")
+  need(config.model.compute_dtype in ("auto",) + precision.COMPUTE_DTYPES,
+       "model.compute_dtype", "auto, " + " or ".join(precision.COMPUTE_DTYPES))
   need(not config.init_from or os.path.isdir(config.init_from), "init_from",
        "'' or the workdir of a finished run")
 

@@ -16,6 +16,8 @@ from typing import Any
 from absl import logging
 import ml_collections
 
+from tpjax.models import precision
+
 FILE = "fingerprint.json"
 
 # Fields that do not change what a stage computes (paths, logging, devices, and the
@@ -52,6 +54,8 @@ def stage_fingerprint(config: ml_collections.ConfigDict, stage: str,
     settings = json.loads(json.dumps(config.stage_settings[name].to_dict()))
     flat.update({f"stage_settings.{name}.{k}": v for k, v in settings.items()})
   flat["global_batch"] = config.data.per_device_batch_size * devices
+  # 'auto' is recorded as what it meant on this machine: a rerun elsewhere may differ.
+  flat["model.compute_dtype"] = precision.resolve(config.model.compute_dtype)
   return dict(sorted(flat.items()))
 
 

@@ -529,6 +529,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
              "global_batch": parallel.global_batch_size(config.data.per_device_batch_size,
                                                         mesh),
              "device_kind": jax.devices()[0].device_kind,
+             "compute_dtype": model.config.compute_dtype,
              "config": config.to_dict()}
   if jax.process_index() == 0:
     run_log.write_json(os.path.join(workdir, "summary.json"), summary)
