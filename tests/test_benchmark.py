@@ -58,10 +58,17 @@ def test_ratios_are_paired_per_round():
   assert ratio["median"] == ratio["q25"] == ratio["q75"] == 2.0
 
 
-def test_hf_pytorch_peer_in_its_own_process(tmp_path):
-  """The peer protocol end to end, on a tiny random BERT."""
+# float32 peers match exactly; bf16 and int8 ones within their rounding.
+_PEER_TOLERANCE = {"hf_pytorch": 1e-6, "hf_pytorch_bf16": 0.05, "onnxruntime_int8": 0.05}
+
+
+@pytest.mark.parametrize("system", sorted(_PEER_TOLERANCE))
+def test_peer_in_its_own_process(tmp_path, system):
+  """The peer protocol end to end, on a tiny random BERT, at each peer's precision."""
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")
+  if system.startswith("onnx"):
+    pytest.importorskip("onnxruntime")
   config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
                                    num_attention_heads=2, intermediate_size=32,
                                    num_labels=2)
@@ -74,16 +81,31 @@ def test_hf_pytorch_peer_in_its_own_process(tmp_path):
   np.savez(path, **{f"{order}/0/{k}": v for order in ("sorted", "latency")
                     for k, v in batch.items()})
   assert peers.load_batches(path)["sorted"][0]["input_ids"].tolist() == [[2, 7, 9, 3]]
-  peer = benchmark.Peer("hf_pytorch", str(tmp_path), path, threads=1)
+  peer = benchmark.Peer(system, str(tmp_path), path, threads=1)
   try:
     assert peer.ask(cmd="throughput", order="sorted")["seconds"] > 0
     assert len(peer.ask(cmd="latency")["seconds"]) == 1
     logits = np.asarray(peer.ask(cmd="logits", order="sorted", batch=0)["logits"])
+    every = np.asarray(peer.ask(cmd="all_logits", order="sorted")["logits"])
   finally:
     peer.close()
+  np.testing.assert_array_equal(every[0], logits)
   with torch.inference_mode():
     expected = model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
-  np.testing.assert_allclose(logits, expected, atol=1e-6)
+  diff = np.abs(logits - expected).max()
+  print(f"{system}: max |logit - float32 reference| {diff:.2e}")
+  assert diff <= _PEER_TOLERANCE[system]
+
+
+def test_keep_agreement_counts_real_token_layers_only():
+  a = np.zeros((2, 2, 4), bool)  # [layers, examples, seq]
+  b = a.copy()
+  b[:, :, 3] = True              # disagree only past example 0's length ...
+  b[1, 1, 0] = True              # ... and at one real token-layer of example 1
+  lengths = np.array([3, 4])
+  # 2 layers x 7 real tokens = 14 pairs; example 1's slot 3 disagrees on 2 layers,
+  # and (layer 1, example 1, slot 0) once more.
+  assert benchmark.keep_agreement(a, b, lengths) == pytest.approx(11 / 14)
 
 
 def test_pruned_is_compared_with_the_faster_unpruned_path_of_each_round():

@@ -149,6 +149,12 @@ _TASK_GROUPS = {
 }
 
 
+def predictions_from_logits(logits: np.ndarray, num_labels: int) -> np.ndarray:
+  """[n] predictions from <float32>[n, num_labels] logits: the score for regression
+  (num_labels 1), else the argmax class."""
+  return logits[:, 0] if num_labels == 1 else np.argmax(logits, axis=-1)
+
+
 def glue_metrics(task: str, predictions: np.ndarray, labels: np.ndarray,
                  weights: np.ndarray | None = None) -> dict[str, float]:
   """Computes the GLUE metrics of one task.

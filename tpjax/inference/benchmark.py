@@ -4,8 +4,13 @@ Systems, all on the same weights and the same batches:
   pruned       the trained method through the packed engine (tpjax.inference.engine)
   unpruned     the engine without a method: the plain padded forward
   keep_all     the engine with a pruning rule that keeps every token (its overhead)
-  hf_pytorch   Hugging Face PyTorch eager, in its own process
-  onnxruntime  ONNX Runtime with its BERT fusions, in its own process
+  pruned_bf16, unpruned_bf16   the same two with bfloat16 dot operands (float32
+               accumulation, tpjax/models/precision.py); the three above are float32
+  hf_pytorch, hf_pytorch_bf16, onnxruntime, onnxruntime_int8   peers, each in its own
+               process, at the precision its name says (tpjax/inference/peers.py)
+Every system's accuracy on the benchmarked split is recorded beside its speed (a peer
+that loses accuracy at low precision is not a free win), and the bf16 engine's keep
+decisions are compared with the float32 engine's on every real token and layer.
 
 Fairness rules (issue 12):
   * Same batches: the same examples in the same order, for every system. `sorted`:
@@ -44,17 +49,22 @@ from tpjax.data import batching
 from tpjax.data import glue
 from tpjax.inference import engine as engine_lib
 from tpjax.inference import loading
+from tpjax.inference import peers as peers_lib
+from tpjax.data import metrics as metrics_lib
 from tpjax.models import hf_weights
+from tpjax.models import precision
 from tpjax.pruning import flops as flops_lib
 from tpjax.pruning import registry
 
-TPJAX_SYSTEMS = ("pruned", "unpruned", "keep_all")
-PEER_SYSTEMS = ("hf_pytorch", "onnxruntime")
+TPJAX_SYSTEMS = ("pruned", "unpruned", "keep_all", "pruned_bf16", "unpruned_bf16")
+PEER_SYSTEMS = tuple(peers_lib.PRECISIONS)
 SYSTEMS = TPJAX_SYSTEMS + PEER_SYSTEMS
 ORDERS = ("sorted", "dataset")
 # Python packages each peer process imports.
 PEER_MODULES = {"hf_pytorch": ("torch", "transformers"),
-                "onnxruntime": ("torch", "transformers", "onnx", "onnxruntime")}
+                "hf_pytorch_bf16": ("torch", "transformers"),
+                "onnxruntime": ("torch", "transformers", "onnx", "onnxruntime"),
+                "onnxruntime_int8": ("torch", "transformers", "onnx", "onnxruntime")}
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # Seconds of quiet between systems: lets the previous system's worker threads stop
 # spinning before the next one is timed.
@@ -170,8 +180,20 @@ def keep_all_engine(run: loading.TrainedRun, buckets: Sequence[int]) -> engine_l
   """The packed engine with a rule that keeps every token: its machinery's cost."""
   config = run.config.pruning.copy_and_resolve_references()
   config.update({"method": "threshold", "final_threshold": -1.0})
-  return engine_lib.Engine(run.model, {"model": run.params["model"], "pruning": {}},
-                           registry.get_method(config, run.model.config), buckets)
+  model = precision.with_dtype(run.model, "float32")
+  return engine_lib.Engine(model, {"model": run.params["model"], "pruning": {}},
+                           registry.get_method(config, model.config), buckets)
+
+
+def keep_agreement(a: np.ndarray, b: np.ndarray, lengths: np.ndarray) -> float:
+  """Fraction of (real token, layer) pairs where two engines' keep decisions agree.
+
+  Args:
+    a, b: <bool>[layers, examples, seq] kept positions.
+    lengths: <int>[examples] real tokens.
+  """
+  real = np.arange(a.shape[-1])[None, :] < lengths[:, None]
+  return float(np.mean((a == b)[:, real]))
 
 
 def best_unpruned_ratios(seconds: dict, reduction: float) -> dict:
@@ -231,12 +253,16 @@ def benchmark(workdir: str, task: Optional[str], split: Optional[str], batch_siz
   real_tokens = int(lengths.sum())
 
   # ---------------------------------------------------------------- the systems
+  method = run.method if run.prune_stage == "hard" else None
+  at = lambda dtype: precision.with_dtype(run.model, dtype)
   makers = {
-      "pruned": lambda: engine_lib.Engine(
-          run.model, run.params, run.method if run.prune_stage == "hard" else None,
-          buckets),
-      "unpruned": lambda: engine_lib.Engine(run.model, run.params, None, buckets),
+      "pruned": lambda: engine_lib.Engine(at("float32"), run.params, method, buckets),
+      "unpruned": lambda: engine_lib.Engine(at("float32"), run.params, None, buckets),
       "keep_all": lambda: keep_all_engine(run, buckets),
+      "pruned_bf16": lambda: engine_lib.Engine(at("bfloat16"), run.params, method,
+                                               buckets),
+      "unpruned_bf16": lambda: engine_lib.Engine(at("bfloat16"), run.params, None,
+                                                 buckets),
   }
   engines = {k: makers[k]() for k in TPJAX_SYSTEMS if k in systems}
 
@@ -249,15 +275,25 @@ def benchmark(workdir: str, task: Optional[str], split: Optional[str], batch_siz
   single = [padded_batch(data, [i], 1, int(lengths[i]), pad) for i in range(lat_n)]
 
   # ------------------------------------------------- warm-up (compiles), FLOPs
-  kept = np.zeros((n, run.model.config.num_hidden_layers), np.int32)
-  compile_info = {}
+  layers = run.model.config.num_hidden_layers
+  kept = np.zeros((n, layers), np.int32)
+  compile_info, logits, positions = {}, {}, {}
   for name, engine in engines.items():
     start = time.perf_counter()
+    logits[name] = np.zeros((n, run.model.num_labels), np.float32)
+    positions[name] = np.zeros((layers, n, int(lengths.max())), bool)
     for order in orders:
-      for batch in batches[order]:
-        out = engine(batch)
+      for i, batch in enumerate(batches[order]):
+        out = engine(batch, return_kept_positions=order == orders[0])
+        if order == orders[0]:
+          logits[name][batch["index"]] = out["logits"]
+          positions[name][:, batch["index"], :out["kept_positions"].shape[-1]] = (
+              out["kept_positions"])
         if name == "pruned":
           kept[batch["index"]] = out["kept"]
+      if order == orders[0]:  # compile the timed (no positions) function too
+        for batch in batches[order]:
+          engine(batch)
     for batch in single:
       engine(batch)
     compile_info[name] = {
@@ -277,6 +313,23 @@ def benchmark(workdir: str, task: Optional[str], split: Optional[str], batch_siz
                       for i, b in enumerate(bs) for k in INPUTS})
     for name in wanted_peers:
       peers[name] = Peer(name, folder, path, threads)  # one at a time: each warms up
+
+  # Every system's quality on the whole split, from the same batches.
+  for name, peer in peers.items():
+    logits[name] = np.zeros((n, run.model.num_labels), np.float32)
+    for idx, out in zip(groups[orders[0]],
+                        peer.ask(cmd="all_logits", order=orders[0])["logits"]):
+      logits[name][idx] = np.asarray(out)[:len(idx)]
+  labels = np.asarray(data.labels)
+  quality = {name: metrics_lib.glue_metrics(
+      task, metrics_lib.predictions_from_logits(x, run.model.num_labels), labels)
+             for name, x in logits.items()}
+  precisions = {**{k: "bfloat16" if k.endswith("_bf16") else "float32"
+                   for k in engines}, **{k: peers_lib.PRECISIONS[k] for k in peers}}
+  if "pruned" in engines and "pruned_bf16" in engines:
+    quality["keep_decisions_bf16_equal_float32"] = keep_agreement(
+        positions["pruned"], positions["pruned_bf16"], lengths)
+  logging.info("Quality: %s", quality)
 
   # Logits of every system on the first sorted batch agree with tpjax unpruned.
   agreement = {}
@@ -338,7 +391,8 @@ def benchmark(workdir: str, task: Optional[str], split: Optional[str], batch_siz
       "device": jax.devices()[0].device_kind, "cpu_count": os.cpu_count(),
       "processor": platform.processor() or platform.machine(),
       "platform": platform.platform(), "versions": versions,
-      "compile": compile_info, "agreement": agreement, "pruning": summary}
+      "compile": compile_info, "agreement": agreement, "pruning": summary,
+      "precision": precisions, "quality": quality}
 
   def collect() -> dict:
     """The result of the rounds done so far."""
@@ -375,8 +429,14 @@ def benchmark(workdir: str, task: Optional[str], split: Optional[str], batch_siz
         r["keep_all_time_over_unpruned"] = _paired(s["keep_all"], s["unpruned"])
         if "pruned" in s:
           r.update(best_unpruned_ratios(s, reduction))
+      if "pruned_bf16" in s and "unpruned_bf16" in s:
+        r["speedup_pruned_bf16_vs_unpruned_bf16"] = _paired(s["unpruned_bf16"],
+                                                            s["pruned_bf16"])
+      if "unpruned_bf16" in s and "unpruned" in s:
+        r["speedup_unpruned_bf16_vs_unpruned"] = _paired(s["unpruned"],
+                                                         s["unpruned_bf16"])
       for peer in peers:
-        for name in ("pruned", "unpruned"):
+        for name in ("pruned", "unpruned", "pruned_bf16", "unpruned_bf16"):
           if name in s:
             r[f"{name}_speedup_vs_{peer}"] = _paired(s[peer], s[name])
       ratios[order] = r

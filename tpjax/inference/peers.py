@@ -1,18 +1,27 @@
 """Peer systems for `tpjax.benchmark`, each run in its own process.
 
-    python -m tpjax.inference.peers --system=hf_pytorch|onnxruntime \
-        --model_dir=DIR --batches=FILE.npz --threads=N
+    python -m tpjax.inference.peers --system=NAME --model_dir=DIR --batches=FILE.npz \
+        --threads=N
+
+Systems (`PRECISIONS` names each one's arithmetic):
+  hf_pytorch        Hugging Face PyTorch eager, float32
+  hf_pytorch_bf16   the same under torch.autocast("cpu", bfloat16): matmuls in bf16
+                    (oneDNN's AMX/AVX512-BF16 kernels where the CPU has them)
+  onnxruntime       ONNX Runtime with its BERT fusions, float32
+  onnxruntime_int8  that fused graph with dynamic int8 quantisation of its MatMul
+                    weights (onnxruntime.quantization.quantize_dynamic)
 
 `model_dir` holds the trained weights in Hugging Face layout (config.json and
-safetensors, written by the benchmark from the tpjax checkpoint). `onnxruntime`
-exports that model to ONNX with torch's exporter and applies ONNX Runtime's BERT
-graph optimisations (fused attention, LayerNorm, GELU) before timing.
+safetensors, written by the benchmark from the tpjax checkpoint). The ONNX systems
+export that model to ONNX with torch's exporter and apply ONNX Runtime's BERT graph
+optimisations (fused attention, LayerNorm, GELU) before timing.
 
 The process reads one JSON command per line on stdin and answers one JSON line on the
 real stdout (library chatter goes to stderr). Commands:
   {"cmd": "throughput", "order": NAME}  runs every batch of NAME once -> {"seconds"}
   {"cmd": "latency"}                    each batch-1 example once -> {"seconds": [...]}
   {"cmd": "logits", "order": NAME, "batch": i}  -> {"logits": [[...]]}
+  {"cmd": "all_logits", "order": NAME}  every batch of NAME -> {"logits": [[[...]]]}
   {"cmd": "quit"}
 Between commands the process only waits on stdin, so it never runs while the
 benchmark times another system.
@@ -26,7 +35,10 @@ import time
 from absl import app
 from absl import flags
 
-_SYSTEM = flags.DEFINE_enum("system", None, ["hf_pytorch", "onnxruntime"], "Peer.")
+PRECISIONS = {"hf_pytorch": "float32", "hf_pytorch_bf16": "bfloat16 autocast",
+              "onnxruntime": "float32", "onnxruntime_int8": "int8 dynamic (weights)"}
+
+_SYSTEM = flags.DEFINE_enum("system", None, list(PRECISIONS), "Peer.")
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Hugging Face model folder.")
 _BATCHES = flags.DEFINE_string("batches", None, "npz written by the benchmark.")
 _THREADS = flags.DEFINE_integer("threads", 1, "Intra-op threads.")
@@ -48,7 +60,8 @@ def load_batches(path: str) -> dict[str, list[dict]]:
   return {k: [v[i] for i in sorted(v)] for k, v in out.items()}
 
 
-def _torch_runner(model_dir: str, threads: int):
+def _torch_runner(model_dir: str, threads: int, bf16: bool = False):
+  import contextlib  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(threads)
@@ -56,8 +69,11 @@ def _torch_runner(model_dir: str, threads: int):
       model_dir, attn_implementation="eager").eval()
 
   def run(batch):
-    with torch.inference_mode():
-      return model(**{k: torch.from_numpy(batch[k]) for k in INPUTS}).logits.numpy()
+    cast = (torch.autocast("cpu", dtype=torch.bfloat16) if bf16
+            else contextlib.nullcontext())
+    with torch.inference_mode(), cast:
+      logits = model(**{k: torch.from_numpy(batch[k]) for k in INPUTS}).logits
+    return logits.float().numpy()
   return run
 
 
@@ -75,7 +91,7 @@ def export_onnx(model_dir: str, path: str) -> None:
                     dynamo=False)
 
 
-def _onnx_runner(model_dir: str, threads: int):
+def _onnx_runner(model_dir: str, threads: int, int8: bool = False):
   import onnxruntime as ort  # pylint: disable=g-import-not-at-top
   from onnxruntime.transformers import optimizer  # pylint: disable=g-import-not-at-top
   with open(os.path.join(model_dir, "config.json")) as f:
@@ -90,6 +106,13 @@ def _onnx_runner(model_dir: str, threads: int):
                                          hidden_size=config["hidden_size"])
     optimized.save_model_to_file(fused)
     print("ONNX fusions:", optimized.get_fused_operator_statistics(), file=sys.stderr)
+  if int8:
+    from onnxruntime import quantization  # pylint: disable=g-import-not-at-top
+    quantized = os.path.join(model_dir, "model_fused_int8.onnx")
+    if not os.path.exists(quantized):
+      quantization.quantize_dynamic(fused, quantized,
+                                    weight_type=quantization.QuantType.QInt8)
+    fused = quantized
   options = ort.SessionOptions()
   options.intra_op_num_threads = threads
   options.inter_op_num_threads = 1
@@ -106,8 +129,11 @@ def main(argv):
   del argv
   reply = os.fdopen(os.dup(1), "w")  # the protocol's channel
   os.dup2(2, 1)                       # everything else printed goes to stderr
-  runner = {"hf_pytorch": _torch_runner, "onnxruntime": _onnx_runner}[_SYSTEM.value](
-      _MODEL_DIR.value, _THREADS.value)
+  make = {"hf_pytorch": _torch_runner,
+          "hf_pytorch_bf16": lambda d, t: _torch_runner(d, t, bf16=True),
+          "onnxruntime": _onnx_runner,
+          "onnxruntime_int8": lambda d, t: _onnx_runner(d, t, int8=True)}[_SYSTEM.value]
+  runner = make(_MODEL_DIR.value, _THREADS.value)
   batches = load_batches(_BATCHES.value)
   for order in batches.values():  # warm-up: every shape once
     for batch in order:
@@ -137,6 +163,8 @@ def main(argv):
       send({"seconds": times})
     elif cmd["cmd"] == "logits":
       send({"logits": runner(batches[cmd["order"]][cmd["batch"]]).tolist()})
+    elif cmd["cmd"] == "all_logits":
+      send({"logits": [runner(b).tolist() for b in batches[cmd["order"]]]})
     else:
       send({"error": f"unknown command {cmd['cmd']!r}"})
 

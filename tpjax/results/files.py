@@ -23,8 +23,12 @@ SYSTEM_NAMES = {
     "unpruned": "unpruned (plain padded forward)",
     "keep_all": "keep-all compaction path",
     "padded": "unpruned, padded to {length}",
+    "pruned_bf16": "pruned, bf16 dots",
+    "unpruned_bf16": "unpruned, bf16 dots",
     "hf_pytorch": "HF PyTorch eager, own process",
+    "hf_pytorch_bf16": "HF PyTorch eager, bf16 autocast, own process",
     "onnxruntime": "ONNX Runtime, BERT fusions, own process",
+    "onnxruntime_int8": "ONNX Runtime, BERT fusions, int8 dynamic, own process",
 }
 
 

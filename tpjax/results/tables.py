@@ -81,10 +81,14 @@ def inference_table(data: dict) -> str:
   for name, r in data["systems"].items():
     row = [result_files.system_name(name, data), f"{r['examples_per_s']:.1f}",
            f"{r['tokens_per_s']:.0f}"]
+    if "quality" in data:  # benchmarks that record each system's accuracy
+      row.insert(1, _pct(data["quality"][name]["accuracy"]))
     if paired:
       row.append(_round_ratio(data, name))
     rows.append(row + [f"{r['latency_p50_ms']:.2f} / {r['latency_p99_ms']:.2f}"])
   header = [result_files.describe_inference(data), "examples/s", "tokens/s"]
+  if "quality" in data:
+    header.insert(1, "accuracy")
   if paired:
     header.append(f"speed vs unpruned, per round, median [IQR] of {data['rounds']}")
   return _table(header + ["p50 / p99 latency (ms)"], rows)

@@ -165,10 +165,6 @@ def eval_step(params: dict, batch: dict, *, model: encoder_lib.EncoderModel,
 # ------------------------------------------------------------------------ evaluate
 
 
-def predictions_from_logits(logits: np.ndarray, num_labels: int) -> np.ndarray:
-  return logits[:, 0] if num_labels == 1 else np.argmax(logits, axis=-1)
-
-
 class NonFiniteError(errors.RunFailed):
   """A loss, gradient norm or logit is NaN or infinite; nothing after it is kept."""
 
@@ -205,7 +201,7 @@ def evaluate(p_eval: Callable, params: dict, data: batching.Encoded, task: str,
   if bad.any():
     raise NonFiniteError(f"{where or 'Evaluation'}: {int(bad.sum())} of {n} examples get "
                          "non-finite logits, so no metric is reported.")
-  preds = predictions_from_logits(logits, info.num_labels)
+  preds = metrics_lib.predictions_from_logits(logits, info.num_labels)
   result = metrics_lib.glue_metrics(task, preds, data.labels[:n])
   result.update(flops_lib.summarize(lengths, kept, model_config, task))
   return result
