@@ -521,8 +521,9 @@ def target_weights(n: int, schedule: Schedule, target_last: float) -> np.ndarray
     ValueError: if the region leaves the always-kept tail or holds no prediction.
   """
   region = int(np.ceil(target_last * n - 1e-6))
-  always = np.asarray(always_kept(jnp.arange(n)[None], jnp.array([n]),
-                                  schedule.keep_first, schedule.keep_last))[0]
+  with jax.ensure_compile_time_eval():  # concrete even when called under jit
+    always = np.asarray(always_kept(jnp.arange(n)[None], jnp.array([n]),
+                                    schedule.keep_first, schedule.keep_last))[0]
   if region < 2:
     raise ValueError(f"target_last={target_last} of {n} tokens covers {region} position(s); "
                      "it needs at least 2 (the last one has no next token).")
