@@ -265,3 +265,77 @@ def test_schedule_refuses_prunable_last_token():
   s = sdtp_decoder.Schedule(layers=(2,), keep=(0.5,), keep_first=0, keep_last=1e-3)
   always = sdtp_decoder.always_kept(jnp.arange(50)[None], jnp.array([50]), 0, s.keep_last)
   assert np.flatnonzero(always[0]).tolist() == [49]
+
+
+def _oracle_table():
+  return jax.random.uniform(jax.random.PRNGKey(7), (2, 2, 40))
+
+
+@pytest.mark.parametrize("name", ["recency", "random", "attention", "oracle"])
+def test_baselines_share_the_pipeline_counts_and_always_kept(tiny, name):
+  """Every training-free selector runs through the same compacting prefill, equals its
+  masked reference, keeps the same number of tokens as SDTP and the always-kept ones."""
+  model, params, _ = tiny
+  score_fn, score_params = {
+      "recency": (sdtp_decoder.recency_scorer, None),
+      "random": (sdtp_decoder.random_scorer, jax.random.PRNGKey(3)),
+      "attention": (sdtp_decoder.attention_scorer(TINY, last=3), None),
+      "oracle": (sdtp_decoder.oracle_scorer, _oracle_table()),
+  }[name]
+  result, masks = _check_against_masked(model, params, FLAT, score_fn, score_params)
+  assert result.kept_per_row.tolist() == [[37, 37, 26, 26, 23], [29, 29, 21, 21, 18]]
+  n = (37, 29)
+  for row in range(2):
+    assert masks[-1, row, :2].all() and masks[-1, row, n[row] - 3:n[row]].all()
+  if name == "recency":
+    assert np.flatnonzero(masks[-1, 0]).tolist() == [0, 1] + list(range(16, 37))
+
+
+def test_random_scorer_is_seeded_and_depends_on_position_only():
+  positions = jnp.asarray([[0, 5, 9, 3, 7]])
+  inputs = sdtp_decoder.StageInputs(None, positions, None, None, None, {})
+  a = sdtp_decoder.random_scorer(jax.random.PRNGKey(0), 1, inputs)
+  np.testing.assert_array_equal(a, sdtp_decoder.random_scorer(jax.random.PRNGKey(0), 1,
+                                                              inputs))
+  assert not np.allclose(a, sdtp_decoder.random_scorer(jax.random.PRNGKey(1), 1, inputs))
+  assert not np.allclose(a, sdtp_decoder.random_scorer(jax.random.PRNGKey(0), 0, inputs))
+  moved = inputs.replace(positions=positions[:, ::-1])
+  np.testing.assert_array_equal(
+      sdtp_decoder.random_scorer(jax.random.PRNGKey(0), 1, moved), a[:, ::-1])
+  assert np.all((np.asarray(a) >= 0) & (np.asarray(a) < 1))
+
+
+def test_attention_received_matches_the_layers_attention(tiny):
+  """Scores = the layer's own attention probabilities (decoder.attend with one-hot
+  values), from the last 3 live queries, averaged over heads and queries."""
+  _, params, _ = tiny
+  layer = decoder.layer_params(params, 1)
+  hidden = jax.random.normal(jax.random.PRNGKey(5), (1, 12, TINY.hidden_size))
+  positions = jnp.asarray([[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 10]])
+  live = jnp.asarray([[1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 1, 0]], bool)  # last slot: padding
+  got = sdtp_decoder.attention_received(TINY, layer, hidden, positions, live, last=3)
+  x = decoder.RMSNorm(TINY.rms_norm_eps).apply({"params": layer["input_layernorm"]},
+                                                hidden)
+  q, k, _ = decoder.SelfAttention(TINY).apply({"params": layer["self_attn"]}, x,
+                                              positions, method="_qkv")
+  # One-hot values (padded to head_dim columns) turn the output into the probabilities.
+  eye = jnp.broadcast_to(jnp.eye(12, TINY.head_dim), (1, TINY.num_key_value_heads, 12,
+                                                      TINY.head_dim))
+  probs = decoder.attend(q, k, eye, positions, positions, live)[..., :12]
+  queries = [8, 9, 10]  # the live tokens with the largest positions
+  want = np.asarray(probs)[0, queries].mean(axis=(0, 1, 2))
+  want = np.where(np.asarray(live[0]), want, 0.0)
+  np.testing.assert_allclose(got[0], want, atol=1e-6)
+  assert np.asarray(got)[0, [2, 6, 11]].tolist() == [0.0, 0.0, 0.0]
+  np.testing.assert_allclose(np.asarray(got).sum(), 1.0, atol=1e-5)
+
+
+def test_oracle_scorer_keeps_the_most_salient():
+  positions = jnp.arange(10)[None]
+  n = jnp.array([10])
+  saliency = jnp.asarray([[[0, 0.9, 0.1, 0.8, 0.2, 0.7, 0.3, 0.0, 0.0, 0.0]]])
+  inputs = sdtp_decoder.StageInputs(None, positions, jnp.ones((1, 10), bool), n, None, {})
+  schedule = sdtp_decoder.Schedule(layers=(1,), keep=(0.6,), keep_first=1, keep_last=0.1)
+  mask = sdtp_decoder.select_mask(schedule, sdtp_decoder.oracle_scorer, saliency, 0, inputs)
+  # 6 kept: positions 0 and 9 always, then 1, 3, 5, 6 by saliency.
+  assert np.flatnonzero(mask[0]).tolist() == [0, 1, 3, 5, 6, 9]
