@@ -4,10 +4,15 @@
         --lengths=1024,2048,4096 --docs=8,8,4 --qa_questions=24 \\
         --out=benchmarks/results/sdtp_decoder_quality.json
 
-Systems, all through the same compacting prefill code (tpjax/pruning/sdtp_decoder.py):
-`full` (no pruning), `sdtp` (the trained predictors) and `recency` (training-free
-baseline: at the same stages and keep ratios, keep the most recent tokens; the first 4
-and last 10% are always kept by every pruned system).
+Systems, all through the same compacting prefill code and selection interface
+(tpjax/pruning/sdtp_decoder.py; every pruned system keeps the same number of tokens at
+the same stages, and the same always-kept first 4 and last 10%): `full` (no pruning),
+`sdtp` (the trained predictors), and the training-free `recency` (StreamingLLM sinks +
+local window), `random` (seeded, `--seed`), `attention` (attention received from the
+last `--attention_queries` prompt tokens in the previous layer: LazyLLM / H2O / SnapKV)
+and `oracle` (the true saliency of the prompt being evaluated, `prompt_saliency` with
+the training target: the bound a predictor could reach; one extra forward + backward
+per prompt).
 
 (a) Continuation loss: the first L tokens of a held-out article are the prompt; the
 mean loss of the next 128 true tokens, decoded through each layer's pruned cache.
@@ -31,6 +36,8 @@ import time
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_use_xnnpack=true")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import jax  # pylint: disable=g-import-not-at-top
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from tpjax.data import squad_docs  # pylint: disable=g-import-not-at-top
@@ -81,7 +88,12 @@ def main():
   parser.add_argument("--qa_questions", type=int, default=24)
   parser.add_argument("--qa_per_article", type=int, default=3)
   parser.add_argument("--qa_length", type=int, default=1024)
-  parser.add_argument("--systems", default="full,sdtp,recency")
+  parser.add_argument("--systems", default="full,sdtp,recency,random,attention")
+  parser.add_argument("--seed", type=int, default=0, help="random baseline's seed")
+  parser.add_argument("--attention_queries", type=int, default=32,
+                      help="attention baseline: last prompt tokens whose attention counts")
+  parser.add_argument("--oracle_target_last", type=float, default=None,
+                      help="oracle's target region (default: the schedule's keep_last)")
   parser.add_argument("--out", default="benchmarks/results/sdtp_decoder_quality.json")
   parser.add_argument("--deadline", type=float, default=0,
                       help="unix time after which no new item starts (0: none)")
@@ -109,8 +121,31 @@ def main():
                                          sdtp_decoder.predictor_scorer, predictors),
       "recency": sdtp_decoder.PrunedPrefill(model, params, schedule,
                                             sdtp_decoder.recency_scorer, None),
+      "random": sdtp_decoder.PrunedPrefill(model, params, schedule,
+                                           sdtp_decoder.random_scorer,
+                                           jax.random.PRNGKey(args.seed)),
+      "attention": sdtp_decoder.PrunedPrefill(
+          model, params, schedule,
+          sdtp_decoder.attention_scorer(model.config, args.attention_queries), None),
+      # score_params is set per prompt (set_oracle).
+      "oracle": sdtp_decoder.PrunedPrefill(model, params, schedule,
+                                           sdtp_decoder.oracle_scorer, None),
   }
+  oracle_last = (schedule.keep_last if args.oracle_target_last is None
+                 else args.oracle_target_last)
+  saliency_fn = jax.jit(lambda p, ids: sdtp_decoder.prompt_saliency(
+      model.config, p, ids, schedule, oracle_last)[0])
+
+  def set_oracle(ids: list[int], seq: int):
+    """The oracle engine's scores: the saliency of this prompt, padded to seq."""
+    table = np.zeros((len(schedule.layers), 1, seq), np.float32)
+    table[:, :, :len(ids)] = np.asarray(saliency_fn(params, jnp.asarray([ids], jnp.int32)))
+    engines["oracle"].score_params = jnp.asarray(table)
+
   systems = args.systems.split(",")
+  unknown = set(systems) - set(engines)
+  if unknown:
+    raise SystemExit(f"unknown systems {sorted(unknown)}; choose from {sorted(engines)}.")
   if systems[0] != "full":
     raise SystemExit("--systems must start with full (the reference for agreement).")
   results = {"command": " ".join(sys.argv), "workdir": args.workdir,
@@ -148,6 +183,8 @@ def main():
       prompt = np.asarray([ids[:length]], np.int32)
       cont = np.asarray([ids[length:length + args.continuation]], np.int32)
       row = {"length": length, "title": title}
+      if "oracle" in systems:
+        set_oracle(ids[:length], length)
       for name in systems:
         engine = engines[name]
         t0 = time.time()
@@ -155,7 +192,7 @@ def main():
         nll = engine.continuation_nll(result, cont)[0]
         greedy = engine.greedy(result, args.greedy)[0]
         row[name] = {"loss": float(nll.mean()), "greedy": greedy.tolist(),
-                     "kept_last_layer": int(result.kept[-1]),
+                     "kept_last_layer": int(result.kept[-1]),  # tokens, not slots
                      "seconds": time.time() - t0}
         if name != "full":
           row[name]["agreement"] = float(np.mean(greedy == np.asarray(row["full"]["greedy"])))
@@ -170,6 +207,8 @@ def main():
       prompt, valid = _pad(ids, args.qa_length, pad_id)
       row = {"title": title, "question": q.question, "answers": list(q.answers),
              "prompt_tokens": len(ids)}
+      if "oracle" in systems:
+        set_oracle(ids, args.qa_length)
       for name in systems:
         engine = engines[name]
         result = engine.prefill(prompt, valid, size_slots_for=args.qa_length)

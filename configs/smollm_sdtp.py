@@ -6,8 +6,18 @@
 Stages at layers 4, 7, ..., 28 (the paper's start 4 / every 3, scaled to 30 layers),
 stage s keeping 0.9^(s+1) of the prompt; the first 4 and the last 10% of the prompt's
 tokens are always kept. The modules learn the frozen model's saliency (gradient times
-input of the next-token loss) on 512-token windows of the training articles (even
-indices of dev-v1.1.json; the odd ones are held out for evaluation).
+input of the next-token loss of the predictions made in the always-kept last 10%, so a
+token's saliency is its influence on other tokens; normalised over prunable tokens) on
+1024-token windows of the training articles (even indices of dev-v1.1.json; the odd
+ones are held out for evaluation).
+
+Window cost (issue 25 item 5): 1024 tokens, the shortest evaluated prompt, where 512
+were used before. Per window the saliency forward + backward costs about 2.2x the
+512-token one (projections and MLP double, attention quadruples), the cached hidden
+states double (stages x windows x 1024 x 576 float16: 9 x 64 x 1024 x 576 x 2 B =
+0.68 GB), and the pairwise ranking loss, quadratic in the window, costs about 4x per
+training step (8 x 1024 x 1024 pairs per stage). Articles shorter than a window give
+none (training_windows).
 """
 
 import ml_collections
@@ -28,13 +38,14 @@ def get_config():
   config.schedule.step = 64  # compaction bucket (tokens)
 
   config.saliency = ml_collections.ConfigDict()
-  config.saliency.window = 512           # tokens per training window
+  config.saliency.window = 1024          # tokens per training window (>= eval prompts)
   config.saliency.windows_per_article = 3
   config.saliency.max_windows = 64       # CPU budget: one forward + backward each
   config.saliency.norm = "seq_max"       # sdtp.SALIENCY_NORMS
-  # T = next-token loss of the window's last `target_last` fraction of predictions:
-  # the tokens that matter are the ones the end of the prompt (and what follows) uses.
-  config.saliency.target_last = 0.25
+  # T = next-token loss of the predictions made at the window's last `target_last`
+  # fraction of positions. Must lie inside schedule.keep_last (always kept), so no
+  # prunable token's own prediction is in T (sdtp_decoder.target_weights checks it).
+  config.saliency.target_last = 0.1
 
   config.train = ml_collections.ConfigDict()
   config.train.steps = 300

@@ -26,10 +26,9 @@ PROMPTS = [list(np.random.RandomState(0).randint(3, 96, 37)),
            list(np.random.RandomState(1).randint(3, 96, 29))]
 
 
-def linear_scorer(w, stage, hidden, positions):
+def linear_scorer(w, stage, inputs):
   """A content-dependent stand-in for trained predictors."""
-  del positions
-  return hidden @ w[stage]
+  return inputs.hidden @ w[stage]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +55,8 @@ def test_keep_ratio_one_equals_plain_decoder(tiny):
   gen = generation.Generator(model, params, buckets=(48,))
   ids, valid = _pad_right(PROMPTS, 48)
   result = pruned.prefill(ids, valid)
-  assert list(result.kept) == [48, 48, 40, 40, 40]  # the gather ran (48 -> 40 slots)
+  assert list(result.slots) == [48, 48, 40, 40, 40]  # the gather ran (48 -> 40 slots)
+  assert list(result.kept) == [37] * 5
   _, logits, _, _ = gen.prefill(PROMPTS, 16, jax.random.PRNGKey(0), padding="right")
   np.testing.assert_allclose(result.logits, logits, atol=1e-4)
   greedy = pruned.greedy(result, 16)
@@ -79,7 +79,9 @@ def test_compacted_prefill_equals_masked_prefill(tiny):
   assert masks[-1].sum(1).tolist() == [17, 14]  # ceil(.45 n)
   assert not np.array_equal(masks[-1, 0, :29], masks[-1, 1, :29])
   assert masks[-1, 0, :2].all() and masks[-1, 0, 33:37].all()
-  assert list(result.kept) == [40, 40, 28, 28, 20]
+  assert list(result.slots) == [40, 40, 28, 28, 20]
+  assert list(result.kept) == [37, 37, 26, 26, 17]
+  assert result.kept_per_row.tolist() == [[37, 37, 26, 26, 17], [29, 29, 21, 21, 14]]
   last = np.asarray(n) - 1
   masked_logits = model.apply({"params": params}, hidden[np.arange(2), last],
                               method=model.head)
@@ -118,7 +120,7 @@ def test_decoding_continues_at_position_n_with_pruned_cache(tiny):
                                             SCHEDULE, mask_fn)
   full = jnp.asarray([prompt + cont])
   ones = jnp.ones((1, steps))
-  fixed = lambda stage, *_: jnp.concatenate([masks[stage], ones], axis=1)
+  fixed = lambda stage, _: jnp.concatenate([masks[stage], ones], axis=1)
   hidden, _, _ = sdtp_decoder.masked_prefill(
       TINY, params, full, jnp.arange(full.shape[1])[None], jnp.ones_like(full, bool),
       SCHEDULE, fixed)
@@ -133,7 +135,8 @@ def test_recency_baseline_keeps_first_and_last():
   n = jnp.array([20])
   always = sdtp_decoder.always_kept(positions, n, 4, 0.1)
   k = sdtp_decoder.kept_count(n, 0.5, 4, 0.1)
-  mask = sdtp_decoder.keep_mask(sdtp_decoder.recency_scorer(None, 0, None, positions),
+  inputs = sdtp_decoder.StageInputs(None, positions, jnp.ones((1, 20), bool), n, None, {})
+  mask = sdtp_decoder.keep_mask(sdtp_decoder.recency_scorer(None, 0, inputs),
                                 jnp.ones((1, 20), bool), always, k)
   assert np.flatnonzero(mask[0]).tolist() == [0, 1, 2, 3] + list(range(14, 20))
 
@@ -204,3 +207,135 @@ def test_predictors_round_trip_and_ratio_override(tmp_path):
   _, other, _ = sdtp_decoder.load_predictors(str(tmp_path), TINY, ratio=0.5)
   assert other.layers == SCHEDULE.layers
   np.testing.assert_allclose(other.keep, (0.5, 0.25))
+
+
+# A schedule whose second stage does not shrink the compaction bucket: stage 0 keeps
+# 26 of 37 tokens (32 slots of 40), stage 1 keeps 23 (still 32 slots). Issue 25, item 1:
+# such a stage used to be skipped, so 26 tokens reached layer 4 instead of 23.
+FLAT = sdtp_decoder.Schedule(layers=(2, 4), keep=(0.7, 0.6), keep_first=2,
+                             keep_last=0.1, step=16)
+
+
+def _masked_reference(model, params, ids, valid, schedule, score_fn, score_params):
+  n = jnp.asarray(valid.sum(1))
+  positions = decoder.positions_from_mask(jnp.asarray(valid))
+  mask_fn = sdtp_decoder.hard_mask_fn(schedule, score_fn, score_params, n)
+  hidden, masks, _ = sdtp_decoder.masked_prefill(
+      TINY, params, jnp.asarray(ids), positions, jnp.asarray(valid), schedule, mask_fn)
+  last = np.asarray(n) - 1
+  logits = model.apply({"params": params}, hidden[np.arange(len(last)), last],
+                       method=model.head)
+  return logits, np.asarray(masks) > 0.5
+
+
+def _check_against_masked(model, params, schedule, score_fn, score_params):
+  """Compacted prefill == masked reference: logits, and each layer's tokens."""
+  ids, valid = _pad_right(PROMPTS, 40)
+  result = sdtp_decoder.PrunedPrefill(model, params, schedule, score_fn,
+                                      score_params).prefill(ids, valid)
+  logits, masks = _masked_reference(model, params, ids, valid, schedule, score_fn,
+                                    score_params)
+  np.testing.assert_allclose(result.logits, logits, atol=1e-5)
+  layer_mask = [valid] * 2 + [masks[0]] * 2 + [masks[1]]
+  for l in range(TINY.num_hidden_layers):
+    for row in range(2):
+      slots = np.asarray(result.valid[l][row])
+      assert (np.asarray(result.positions[l][row])[slots].tolist()
+              == np.flatnonzero(layer_mask[l][row]).tolist())
+  return result, masks
+
+
+def test_stage_whose_bucket_does_not_shrink_still_prunes(tiny):
+  model, params, w = tiny
+  result, masks = _check_against_masked(model, params, FLAT, linear_scorer, w)
+  assert list(result.slots) == [40, 40, 32, 32, 32]   # stage 1: no shrink
+  assert list(result.kept) == [37, 37, 26, 26, 23]    # ... but its tokens are dropped
+  assert masks.sum(2).tolist() == [[26, 21], [23, 18]]
+  # The dropped tokens are still in the layer-4 array as invalid slots, not attended to.
+  dropped = masks[0, 0] & ~masks[1, 0]
+  assert dropped.sum() == 3
+  in_array = np.asarray(result.positions[4][0])
+  assert set(np.flatnonzero(dropped)) <= set(in_array[~np.asarray(result.valid[4][0])])
+
+
+def test_schedule_refuses_prunable_last_token():
+  with pytest.raises(ValueError, match="last prompt token"):
+    sdtp_decoder.Schedule(layers=(2,), keep=(0.5,), keep_last=0.0)
+  # Any keep_last > 0 keeps the last token: ceil(keep_last * n) >= 1.
+  s = sdtp_decoder.Schedule(layers=(2,), keep=(0.5,), keep_first=0, keep_last=1e-3)
+  always = sdtp_decoder.always_kept(jnp.arange(50)[None], jnp.array([50]), 0, s.keep_last)
+  assert np.flatnonzero(always[0]).tolist() == [49]
+
+
+def _oracle_table():
+  return jax.random.uniform(jax.random.PRNGKey(7), (2, 2, 40))
+
+
+@pytest.mark.parametrize("name", ["recency", "random", "attention", "oracle"])
+def test_baselines_share_the_pipeline_counts_and_always_kept(tiny, name):
+  """Every training-free selector runs through the same compacting prefill, equals its
+  masked reference, keeps the same number of tokens as SDTP and the always-kept ones."""
+  model, params, _ = tiny
+  score_fn, score_params = {
+      "recency": (sdtp_decoder.recency_scorer, None),
+      "random": (sdtp_decoder.random_scorer, jax.random.PRNGKey(3)),
+      "attention": (sdtp_decoder.attention_scorer(TINY, last=3), None),
+      "oracle": (sdtp_decoder.oracle_scorer, _oracle_table()),
+  }[name]
+  result, masks = _check_against_masked(model, params, FLAT, score_fn, score_params)
+  assert result.kept_per_row.tolist() == [[37, 37, 26, 26, 23], [29, 29, 21, 21, 18]]
+  n = (37, 29)
+  for row in range(2):
+    assert masks[-1, row, :2].all() and masks[-1, row, n[row] - 3:n[row]].all()
+  if name == "recency":
+    assert np.flatnonzero(masks[-1, 0]).tolist() == [0, 1] + list(range(16, 37))
+
+
+def test_random_scorer_is_seeded_and_depends_on_position_only():
+  positions = jnp.asarray([[0, 5, 9, 3, 7]])
+  inputs = sdtp_decoder.StageInputs(None, positions, None, None, None, {})
+  a = sdtp_decoder.random_scorer(jax.random.PRNGKey(0), 1, inputs)
+  np.testing.assert_array_equal(a, sdtp_decoder.random_scorer(jax.random.PRNGKey(0), 1,
+                                                              inputs))
+  assert not np.allclose(a, sdtp_decoder.random_scorer(jax.random.PRNGKey(1), 1, inputs))
+  assert not np.allclose(a, sdtp_decoder.random_scorer(jax.random.PRNGKey(0), 0, inputs))
+  moved = inputs.replace(positions=positions[:, ::-1])
+  np.testing.assert_array_equal(
+      sdtp_decoder.random_scorer(jax.random.PRNGKey(0), 1, moved), a[:, ::-1])
+  assert np.all((np.asarray(a) >= 0) & (np.asarray(a) < 1))
+
+
+def test_attention_received_matches_the_layers_attention(tiny):
+  """Scores = the layer's own attention probabilities (decoder.attend with one-hot
+  values), from the last 3 live queries, averaged over heads and queries."""
+  _, params, _ = tiny
+  layer = decoder.layer_params(params, 1)
+  hidden = jax.random.normal(jax.random.PRNGKey(5), (1, 12, TINY.hidden_size))
+  positions = jnp.asarray([[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 10]])
+  live = jnp.asarray([[1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 1, 0]], bool)  # last slot: padding
+  got = sdtp_decoder.attention_received(TINY, layer, hidden, positions, live, last=3)
+  x = decoder.RMSNorm(TINY.rms_norm_eps).apply({"params": layer["input_layernorm"]},
+                                                hidden)
+  q, k, _ = decoder.SelfAttention(TINY).apply({"params": layer["self_attn"]}, x,
+                                              positions, method="_qkv")
+  # One-hot values (padded to head_dim columns) turn the output into the probabilities.
+  eye = jnp.broadcast_to(jnp.eye(12, TINY.head_dim), (1, TINY.num_key_value_heads, 12,
+                                                      TINY.head_dim))
+  probs = decoder.attend(q, k, eye, positions, positions, live)[..., :12]
+  queries = [8, 9, 10]  # the live tokens with the largest positions
+  want = np.asarray(probs)[0, queries].mean(axis=(0, 1, 2))
+  want = np.where(np.asarray(live[0]), want, 0.0)
+  np.testing.assert_allclose(got[0], want, atol=1e-6)
+  assert np.asarray(got)[0, [2, 6, 11]].tolist() == [0.0, 0.0, 0.0]
+  np.testing.assert_allclose(np.asarray(got).sum(), 1.0, atol=1e-5)
+
+
+def test_oracle_scorer_keeps_the_most_salient():
+  positions = jnp.arange(10)[None]
+  n = jnp.array([10])
+  saliency = jnp.asarray([[[0, 0.9, 0.1, 0.8, 0.2, 0.7, 0.3, 0.0, 0.0, 0.0]]])
+  inputs = sdtp_decoder.StageInputs(None, positions, jnp.ones((1, 10), bool), n, None, {})
+  schedule = sdtp_decoder.Schedule(layers=(1,), keep=(0.6,), keep_first=1, keep_last=0.1)
+  mask = sdtp_decoder.select_mask(schedule, sdtp_decoder.oracle_scorer, saliency, 0, inputs)
+  # 6 kept: positions 0 and 9 always, then 1, 3, 5, 6 by saliency.
+  assert np.flatnonzero(mask[0]).tolist() == [0, 1, 3, 5, 6, 9]

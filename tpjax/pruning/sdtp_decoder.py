@@ -18,9 +18,24 @@ Two ways to run the same decisions:
   the policy mask (decoder.attend's `k_keep`). Used for training and for tests: on the
   kept tokens it equals the compacted path.
 
-Scorers are `score_fn(score_params, stage, hidden, positions) -> <float32>[batch, seq]`,
-higher = keep: the trained SDTP predictors (`predictor_scorer`) or the training-free
-recency baseline (`recency_scorer`).
+Every stage's selection is applied, whether or not its kept tokens fit fewer slots:
+where the bucket does not shrink, the dropped tokens stay in the array as invalid slots
+(never attended to). `PrefillResult.kept` counts tokens, `PrefillResult.slots` the
+array lengths.
+
+Selection interface, shared by every method: a scorer
+`score_fn(score_params, stage, inputs: StageInputs) -> <float32>[batch, seq]`, higher =
+keep; the pipeline then keeps the always-kept tokens and the best of the rest up to
+the stage's kept count, so every method prunes the same number of tokens and the same
+always-kept ones. Scorers:
+
+- `predictor_scorer`: the trained SDTP predictors;
+- `recency_scorer`: keep the most recent tokens (StreamingLLM sinks + local window);
+- `random_scorer`: a seeded random pick per (stage, position), the floor;
+- `attention_scorer(config, last)`: attention received from the last `last` live
+  queries in the previous layer (the LazyLLM / H2O / SnapKV family);
+- `oracle_scorer`: given per-token saliency (e.g. `prompt_saliency` of the prompt
+  being evaluated), the bound a predictor could reach.
 """
 
 import dataclasses
@@ -57,6 +72,11 @@ class Schedule:
       raise ValueError(f"Pruning layers must be increasing and >= 1, got {self.layers}.")
     if any(not 0 < r <= 1 for r in self.keep) or list(self.keep) != sorted(self.keep)[::-1]:
       raise ValueError(f"Keep ratios must be in (0, 1] and non-increasing, got {self.keep}.")
+    if not 0 < self.keep_last <= 1:
+      raise ValueError(f"keep_last={self.keep_last} must be in (0, 1]: the last prompt "
+                       "token predicts the first generated token and must never be pruned.")
+    if self.keep_first < 0:
+      raise ValueError(f"keep_first={self.keep_first} must be >= 0.")
 
 
 def default_schedule(num_layers: int, start: int = 4, every: int = 3, ratio: float = 0.9,
@@ -110,10 +130,110 @@ def bucket(count: int, step: int) -> int:
   return max(step, -(-count // step) * step)
 
 
-def recency_scorer(score_params, stage, hidden, positions) -> jax.Array:
-  """Training-free baseline: keep the most recent tokens."""
-  del score_params, stage, hidden
-  return positions.astype(jnp.float32)
+@flax.struct.dataclass
+class StageInputs:
+  """What a scorer sees at a pruning stage (the layer l = Schedule.layers[stage]).
+
+  hidden: <float32>[batch, seq, hidden], the hidden state entering layer l.
+  positions: <int32>[batch, seq] original position ids of the slots.
+  live: <bool>[batch, seq] tokens still present (not padding, not pruned earlier).
+  n: <int32>[batch] prompt lengths.
+  prev_hidden: <float32>[batch, seq, hidden], the hidden state entering layer l - 1
+    (same slots: a selection only happens right before a layer runs).
+  prev_layer: layer l - 1's parameters (decoder.layer_params).
+  """
+  hidden: jax.Array
+  positions: jax.Array
+  live: jax.Array
+  n: jax.Array
+  prev_hidden: jax.Array
+  prev_layer: dict
+
+
+def select_mask(schedule: Schedule, score_fn: ScoreFn, score_params, stage: int,
+                inputs: StageInputs) -> jax.Array:
+  """<bool>[batch, seq]: a stage's decision, the always-kept tokens and the best-scored
+  others up to `kept_count` (the same counts and always-kept tokens for every scorer)."""
+  scores = score_fn(score_params, stage, inputs)
+  always = always_kept(inputs.positions, inputs.n, schedule.keep_first, schedule.keep_last)
+  k = kept_count(inputs.n, schedule.keep[stage], schedule.keep_first, schedule.keep_last)
+  return keep_mask(scores, inputs.live, always, k)
+
+
+def recency_scorer(score_params, stage, inputs: StageInputs) -> jax.Array:
+  """Training-free baseline: keep the most recent tokens (with the always-kept first
+  ones: StreamingLLM's sinks + local window)."""
+  del score_params, stage
+  return inputs.positions.astype(jnp.float32)
+
+
+def random_scorer(score_params, stage, inputs: StageInputs) -> jax.Array:
+  """Training-free floor: a uniform random score per (stage, original position).
+
+  score_params is a PRNG key (jax.random.PRNGKey(seed)). The score depends on the key,
+  the stage and the position only, so a prompt's pick does not depend on its batch,
+  its padding or on the compacted layout.
+  """
+  key = jax.random.fold_in(score_params, stage)
+  flat = inputs.positions.reshape(-1)
+  keys = jax.vmap(lambda p: jax.random.fold_in(key, p))(flat)
+  return jax.vmap(lambda k: jax.random.uniform(k))(keys).reshape(inputs.positions.shape)
+
+
+def attention_received(config: decoder_lib.DecoderConfig, layer: dict, hidden: jax.Array,
+                       positions: jax.Array, live: jax.Array, last: int) -> jax.Array:
+  """Attention each key receives from the last `last` live queries of one layer.
+
+  Causal softmax over live keys as in the layer's own attention (binary keep masks
+  equal attention over the kept keys), averaged over query heads and those queries.
+
+  Args:
+    config: the decoder's config.
+    layer: the layer's parameters (decoder.layer_params).
+    hidden: <float32>[batch, seq, hidden] entering the layer.
+    positions: <int32>[batch, seq]; live: <bool>[batch, seq].
+    last: number of queries (the live tokens with the largest positions).
+  Returns:
+    <float32>[batch, seq]; 0 for keys that are not live.
+  """
+  x = decoder_lib.RMSNorm(config.rms_norm_eps).apply(
+      {"params": layer["input_layernorm"]}, hidden)
+  q, k, _ = decoder_lib.SelfAttention(config).apply(
+      {"params": layer["self_attn"]}, x, positions, method="_qkv")
+  last = min(last, hidden.shape[1])
+  _, rows = jax.lax.top_k(jnp.where(live, positions, -1), last)   # [batch, last]
+  q = jnp.take_along_axis(q, rows[:, :, None, None, None], axis=1)
+  q_pos = jnp.take_along_axis(positions, rows, axis=1)
+  q_live = jnp.take_along_axis(live, rows, axis=1)
+  # [batch, kv_heads, groups, last, seq]
+  logits = jnp.einsum("bqhgd,bhkd->bhgqk", q, k,
+                      preferred_element_type=jnp.float32) * config.head_dim ** -0.5
+  visible = live[:, None, :] & (positions[:, None, :] <= q_pos[:, :, None])
+  logits = jnp.where(visible[:, None, None], logits, -jnp.inf)
+  probs = jax.nn.softmax(logits, axis=-1)
+  probs = jnp.where(q_live[:, None, None, :, None], probs, 0.0)
+  count = jnp.maximum(jnp.sum(q_live, axis=1), 1) * config.num_attention_heads
+  received = jnp.sum(probs, axis=(1, 2, 3)) / count[:, None]
+  return jnp.where(live, received, 0.0)
+
+
+def attention_scorer(config: decoder_lib.DecoderConfig, last: int = 32) -> ScoreFn:
+  """Training-free baseline of the LazyLLM / H2O / SnapKV family: a token's score at
+  the stage before layer l is the attention it received in layer l - 1 from the last
+  `last` live queries (the end of the prompt, always kept). score_params unused."""
+  def score_fn(score_params, stage, inputs: StageInputs) -> jax.Array:
+    del score_params, stage
+    return attention_received(config, inputs.prev_layer, inputs.prev_hidden,
+                              inputs.positions, inputs.live, last)
+  return score_fn
+
+
+def oracle_scorer(score_params, stage, inputs: StageInputs) -> jax.Array:
+  """Scores given per token: score_params is <float32>[stages, batch, n_max], stage s's
+  score of each row's token at original position p (e.g. `prompt_saliency`)."""
+  table = score_params[stage]
+  index = jnp.clip(inputs.positions, 0, table.shape[1] - 1)
+  return jnp.take_along_axis(table, index, axis=1)
 
 
 def predictor_logits(stage_params, hidden: jax.Array) -> jax.Array:
@@ -121,11 +241,10 @@ def predictor_logits(stage_params, hidden: jax.Array) -> jax.Array:
   return sdtp.Predictor().apply({"params": stage_params}, hidden)
 
 
-def predictor_scorer(score_params, stage, hidden, positions) -> jax.Array:
+def predictor_scorer(score_params, stage, inputs: StageInputs) -> jax.Array:
   """SDTP: the stage's trained predictor, keep minus drop logit (sdtp.keep_score).
   score_params is the list of per-stage Predictor parameters."""
-  del positions
-  return sdtp.keep_score(predictor_logits(score_params[stage], hidden))
+  return sdtp.keep_score(predictor_logits(score_params[stage], inputs.hidden))
 
 
 def init_predictors(config: decoder_lib.DecoderConfig, schedule: Schedule,
@@ -144,7 +263,17 @@ class PrefillResult:
   positions: tuple               # per layer <int32>[batch, n_l]
   valid: tuple                   # per layer <bool>[batch, n_l]
   next_position: jax.Array       # <int32>[batch] = n, where decoding continues
-  kept: np.ndarray               # <int>[layers] max kept tokens entering each layer
+  slots: np.ndarray              # <int>[layers] array length entering each layer
+
+  @property
+  def kept_per_row(self) -> np.ndarray:
+    """<int>[batch, layers]: tokens (valid slots) entering each layer."""
+    return np.stack([np.asarray(v).sum(1) for v in self.valid], axis=1)
+
+  @property
+  def kept(self) -> np.ndarray:
+    """<int>[layers]: the most tokens any row has entering each layer."""
+    return self.kept_per_row.max(0)
 
 
 class PrunedPrefill:
@@ -190,13 +319,9 @@ class PrunedPrefill:
       new.append(cache)
     return self._head(params, x), tuple(new)
 
-  def _select_impl(self, score_params, hidden, positions, valid, n, stage, slots):
-    sch = self.schedule
-    scores = self.score_fn(score_params, stage, hidden, positions)
-    always = always_kept(positions, n, sch.keep_first, sch.keep_last)
-    k = kept_count(n, sch.keep[stage], sch.keep_first, sch.keep_last)
-    mask = keep_mask(scores, valid, always, k)
-    return gather_kept(mask, slots, hidden, positions)
+  def _select_impl(self, score_params, inputs: StageInputs, stage, slots):
+    mask = select_mask(self.schedule, self.score_fn, score_params, stage, inputs)
+    return gather_kept(mask, slots, inputs.hidden, inputs.positions)
 
   def _last_logits_impl(self, params, hidden, positions, valid):
     last = jnp.argmax(jnp.where(valid, positions, -1), axis=1)
@@ -235,14 +360,19 @@ class PrunedPrefill:
                 enumerate(zip(self.schedule.layers, self.slots(sizing)))}
     x = self._embed(self.params, jnp.asarray(ids))
     live = jnp.asarray(valid)
-    kv, layer_pos, layer_valid, kept = [], [], [], []
+    kv, layer_pos, layer_valid, slot_counts = [], [], [], []
+    prev = x
     for l in range(self.model.config.num_hidden_layers):
       if l in stages:
         stage, slots = stages[l]
-        if slots < x.shape[1]:
-          live, x, positions = self._select(self.score_params, x, positions, live,
-                                            jnp.asarray(n), stage=stage, slots=slots)
-      kept.append(x.shape[1])
+        # Applied even where the bucket does not shrink: dropped tokens then stay as
+        # invalid slots, so every stage prunes what its schedule says.
+        inputs = StageInputs(x, positions, live, jnp.asarray(n), prev,
+                             decoder_lib.layer_params(self.params, l - 1))
+        live, x, positions = self._select(self.score_params, inputs, stage=stage,
+                                          slots=min(slots, x.shape[1]))
+      slot_counts.append(x.shape[1])
+      prev = x
       x, layer_kv = self._layer(decoder_lib.layer_params(self.params, l), x, positions,
                                 live)
       kv.append(layer_kv)
@@ -250,7 +380,7 @@ class PrunedPrefill:
       layer_valid.append(live)
     logits = self._last_logits(self.params, x, positions, live)
     return PrefillResult(logits, tuple(kv), tuple(layer_pos), tuple(layer_valid),
-                         jnp.asarray(n), np.asarray(kept))
+                         jnp.asarray(n), np.asarray(slot_counts))
 
   def caches(self, result: PrefillResult, extra: int):
     return decoder_lib.caches_from_layers(result.kv, result.positions, result.valid, extra)
@@ -297,7 +427,7 @@ def masked_prefill(config: decoder_lib.DecoderConfig, params, input_ids: jax.Arr
                    mask_fn: Callable[..., jax.Array]):
   """Prefill at full length with pruning simulated by the policy mask.
 
-  `mask_fn(stage, hidden, positions, live) -> <float32>[batch, seq]` gives the stage's
+  `mask_fn(stage, inputs: StageInputs) -> <float32>[batch, seq]` gives the stage's
   keep decision (binary top-k for inference checks, straight-through Gumbel for
   training); it is multiplied into the running mask, and every layer from that stage
   on attends with the running mask (decoder.attend's `k_keep`).
@@ -311,13 +441,18 @@ def masked_prefill(config: decoder_lib.DecoderConfig, params, input_ids: jax.Arr
   model = decoder_lib.DecoderModel(config)
   x = model.apply({"params": params}, input_ids, method=model.embed)
   running, masks, kv = None, [], []
+  n = jnp.sum(valid, axis=1).astype(jnp.int32)
+  prev = x
   stages = {l: s for s, l in enumerate(schedule.layers)}
   for l in range(config.num_hidden_layers):
     if l in stages:
       live = valid if running is None else valid & (running > 0.5)
-      m = mask_fn(stages[l], x, positions, live)
+      inputs = StageInputs(x, positions, live, n, prev,
+                           decoder_lib.layer_params(params, l - 1))
+      m = mask_fn(stages[l], inputs)
       running = m if running is None else running * m
       masks.append(running)
+    prev = x
     x, layer_kv = decoder_lib.layer_forward(config, decoder_lib.layer_params(params, l),
                                             x, positions, valid, running)
     kv.append(layer_kv)
@@ -326,12 +461,11 @@ def masked_prefill(config: decoder_lib.DecoderConfig, params, input_ids: jax.Arr
 
 def hard_mask_fn(schedule: Schedule, score_fn: ScoreFn, score_params,
                  n: jax.Array) -> Callable[..., jax.Array]:
-  """The inference decision of `PrunedPrefill` as a `masked_prefill` mask_fn."""
-  def mask_fn(stage, hidden, positions, live):
-    scores = score_fn(score_params, stage, hidden, positions)
-    always = always_kept(positions, n, schedule.keep_first, schedule.keep_last)
-    k = kept_count(n, schedule.keep[stage], schedule.keep_first, schedule.keep_last)
-    return keep_mask(scores, live, always, k).astype(jnp.float32)
+  """The inference decision of `PrunedPrefill` as a `masked_prefill` mask_fn; n is
+  <int32>[batch], the prompt lengths (not the masked sequence's, which may be longer)."""
+  def mask_fn(stage, inputs: StageInputs):
+    inputs = inputs.replace(n=n)
+    return select_mask(schedule, score_fn, score_params, stage, inputs).astype(jnp.float32)
   return mask_fn
 
 
@@ -371,6 +505,65 @@ def probe_target_fn(config: decoder_lib.DecoderConfig, params, input_ids: jax.Ar
     per_row = jnp.sum(nll * loss_weights, axis=1) / jnp.sum(loss_weights, axis=1)
     return jnp.sum(per_row), tuple(hiddens)
   return target_fn
+
+
+def target_weights(n: int, schedule: Schedule, target_last: float) -> np.ndarray:
+  """<float32>[n - 1]: which next-token predictions the saliency target T counts.
+
+  The predictions made at the last ceil(target_last n) positions of an n-token
+  sequence (prediction t reads tokens <= t and scores token t + 1; the last position
+  has no next token in the sequence). Those positions must all be always kept
+  (inside `keep_last`), so T never includes the prediction a prunable token makes
+  itself: a prunable token's saliency is its influence on other tokens, through
+  attention, the only path a pruned token loses at inference.
+
+  Raises:
+    ValueError: if the region leaves the always-kept tail or holds no prediction.
+  """
+  region = int(np.ceil(target_last * n - 1e-6))
+  with jax.ensure_compile_time_eval():  # concrete even when called under jit
+    always = np.asarray(always_kept(jnp.arange(n)[None], jnp.array([n]),
+                                    schedule.keep_first, schedule.keep_last))[0]
+  if region < 2:
+    raise ValueError(f"target_last={target_last} of {n} tokens covers {region} position(s); "
+                     "it needs at least 2 (the last one has no next token).")
+  if not always[n - region:].all():
+    raise ValueError(f"target_last={target_last} reaches prunable tokens: the saliency "
+                     f"target must sit inside the always-kept last {schedule.keep_last} "
+                     "of the sequence, so that no token's own prediction counts.")
+  weights = np.zeros(n - 1, np.float32)
+  weights[n - region:] = 1.0
+  return weights
+
+
+def prompt_saliency(config: decoder_lib.DecoderConfig, params, input_ids: jax.Array,
+                    schedule: Schedule, target_last: float, norm: str = "seq_max"):
+  """True saliency of prompts at every stage, the training target (`oracle_scorer`).
+
+  Gradient times input of the frozen, unpruned decoder (sdtp.saliency_targets) for
+  T = the next-token loss of the predictions in the always-kept tail
+  (`target_weights`), normalised over the prunable tokens only.
+
+  Args:
+    input_ids: <int32>[batch, n], unpadded prompts of one length n.
+    target_last: the tail fraction T counts (inside schedule.keep_last).
+    norm: one of sdtp.SALIENCY_NORMS.
+  Returns:
+    (<float32>[stages, batch, n] targets (0 at always-kept tokens), hidden states
+    entering the pruning layers <float32>[stages, batch, n, hidden], T <float32>[]).
+  """
+  batch, n = input_ids.shape
+  weights = jnp.broadcast_to(jnp.asarray(target_weights(n, schedule, target_last)),
+                             (batch, n - 1))
+  positions = jnp.broadcast_to(jnp.arange(n), (batch, n))
+  prunable = ~always_kept(positions, jnp.full((batch,), n), schedule.keep_first,
+                          schedule.keep_last)
+  stages = len(schedule.layers)
+  target_fn = probe_target_fn(config, params, input_ids, schedule.layers, weights)
+  shapes = [(batch, n, config.hidden_size)] * stages
+  targets, value = sdtp.saliency_targets(target_fn, shapes, norm, [prunable] * stages)
+  _, hiddens = target_fn(tuple(jnp.zeros(sh) for sh in shapes))
+  return jnp.stack(targets), jnp.stack(hiddens), value
 
 
 def prefill_macs(config: decoder_lib.DecoderConfig, kept: Sequence[float]) -> float:

@@ -3,10 +3,14 @@
     python -m tpjax.training.sdtp_decoder --config=configs/smollm_sdtp.py \\
         --workdir=runs/smollm_sdtp
 
-1. Saliency targets: 512-token windows of the training articles go through the frozen
-   decoder once with zero probes at every pruning location; one backward pass gives
-   gradient times input at all of them (sdtp.saliency_targets). The hidden states at
-   the locations are kept too (cached in <workdir>/targets.npz, reused when present).
+1. Saliency targets: windows of the training articles (`saliency.window` tokens) go
+   through the frozen decoder once with zero probes at every pruning location; one
+   backward pass gives gradient times input at all of them (sdtp.saliency_targets).
+   T is the loss of the predictions made inside the always-kept tail
+   (`saliency.target_last` <= `schedule.keep_last`), so a prunable token's saliency
+   is its influence on other tokens; targets are normalised over prunable tokens
+   only. The hidden states at the locations are kept too (cached in
+   <workdir>/targets.npz, reused when present; delete it after changing the target).
 2. The per-stage predictors (sdtp.Predictor) learn those targets with the MSE and
    ranking losses (unit weights; the ranking on the keep-minus-drop logit, which
    inference ranks by) on the cached hidden states; the backbone is never
@@ -16,6 +20,7 @@
 3. Writes predictors.msgpack and sdtp.json (schedule, losses, held-out agreement).
 """
 
+import json
 import os
 import time
 
@@ -64,30 +69,37 @@ def always_mask(window: int, schedule: sdtp_decoder.Schedule) -> np.ndarray:
 
 
 def compute_targets(model, params, windows: np.ndarray, schedule, config):
-  """(hiddens <float16>[stages, N, window, d], targets <float32>[stages, N, window])."""
+  """Saliency targets of training windows (sdtp_decoder.prompt_saliency).
+
+  T is the next-token loss of the predictions at the window's last
+  `config.saliency.target_last` positions, which must be always kept
+  (sdtp_decoder.target_weights), and the `config.saliency.norm` normalisation runs
+  over the prunable tokens only; always-kept tokens get target 0.
+
+  Returns:
+    (hiddens <float16>[stages, N, window, d], targets <float32>[stages, N, window],
+    T per window <float32>[N]).
+  """
   cfg = model.config
-  window = windows.shape[1]
-  weights = np.zeros((1, window - 1), np.float32)
-  weights[:, -max(1, int(round(config.saliency.target_last * (window - 1)))):] = 1.0
-  shapes = [(1, window, cfg.hidden_size)] * len(schedule.layers)
+  sal = config.saliency
+  sdtp_decoder.target_weights(windows.shape[1], schedule, sal.target_last)  # checks
 
   @jax.jit
   def one(params, ids):  # params as an argument: closed over, XLA would constant-fold them
-    target_fn = sdtp_decoder.probe_target_fn(cfg, params, ids, schedule.layers,
-                                             jnp.asarray(weights))
-    targets, value = sdtp.saliency_targets(target_fn, shapes, config.saliency.norm)
-    _, hiddens = target_fn(tuple(jnp.zeros(s) for s in shapes))
-    return jnp.stack(targets)[:, 0], jnp.stack(hiddens)[:, 0].astype(jnp.float16), value
+    targets, hiddens, value = sdtp_decoder.prompt_saliency(
+        cfg, params, ids, schedule, sal.target_last, sal.norm)
+    return targets[:, 0], hiddens[:, 0].astype(jnp.float16), value
 
-  hiddens, targets = [], []
+  hiddens, targets, values = [], [], []
   start = time.time()
   for i, ids in enumerate(windows):
     t, h, value = one(params, jnp.asarray(ids[None]))
     targets.append(np.asarray(t))
     hiddens.append(np.asarray(h))
+    values.append(float(value))
     logging.info("saliency window %d/%d: T=%.3f (%.0f s)", i + 1, len(windows),
                  float(value), time.time() - start)
-  return np.stack(hiddens, 1), np.stack(targets, 1)
+  return np.stack(hiddens, 1), np.stack(targets, 1), np.asarray(values, np.float32)
 
 
 def stage_losses(score_params, hiddens, targets, prunable, config):
@@ -184,17 +196,26 @@ def main(argv):
   train_articles, _ = squad_docs.split(squad_docs.load_articles(config.squad_path))
   cache = os.path.join(workdir, "targets.npz")
   sal = config.saliency
-  if os.path.isfile(cache):
-    data = np.load(cache)
+  # What the cached targets depend on: a cache made under another definition is
+  # recomputed, not reused.
+  recipe = json.dumps({"window": sal.window, "target_last": sal.target_last,
+                       "norm": sal.norm, "layers": schedule.layers,
+                       "keep_first": schedule.keep_first, "keep_last": schedule.keep_last,
+                       "windows_per_article": sal.windows_per_article,
+                       "max_windows": sal.max_windows}, sort_keys=True)
+  data = np.load(cache) if os.path.isfile(cache) else None
+  if data is not None and "recipe" in data and str(data["recipe"]) == recipe:
     hiddens, targets = data["hiddens"], data["targets"]
     logging.info("reusing %s (%d windows)", cache, hiddens.shape[1])
   else:
+    if data is not None:
+      logging.info("%s was made with another target recipe: recomputing", cache)
     windows = training_windows(tokenizer, train_articles, sal.window,
                                sal.windows_per_article, sal.max_windows)
     logging.info("%d windows of %d tokens from %d training articles", len(windows),
                  sal.window, len(train_articles))
-    hiddens, targets = compute_targets(model, params, windows, schedule, config)
-    np.savez(cache, hiddens=hiddens, targets=targets)
+    hiddens, targets, _ = compute_targets(model, params, windows, schedule, config)
+    np.savez(cache, hiddens=hiddens, targets=targets, recipe=np.asarray(recipe))
   prunable = ~always_mask(hiddens.shape[2], schedule)
   score_params, log = train_predictors(hiddens, targets, prunable, schedule, config, cfg)
   sdtp_decoder.save_predictors(workdir, score_params, schedule, {
