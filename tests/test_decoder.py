@@ -160,6 +160,31 @@ def _permute_like_llama_cpp(w, heads):
       w.shape)
 
 
+def _stored_type(name, tensor_type=None):
+  """The GGUF type `write_gguf` stores HF tensor `name` as."""
+  if tensor_type:
+    return tensor_type
+  if name == "model.embed_tokens.weight":
+    return "Q8_0"
+  return _QUANT.get(name.split(".")[-2], "F32")
+
+
+def _as_loaded(w, qtype):
+  """What a tensor stored as `qtype` must load as, from `gguf`'s own encoding.
+
+  GGML blocks run along rows, so llama.cpp's row permutation of Q/K commutes with
+  quantisation: the unpermuted rows equal the round trip of the original ones.
+  """
+  w = np.asarray(w, np.float32)
+  if qtype == "F32":
+    return w
+  if qtype == "F16":
+    return w.astype(np.float16).astype(np.float32)
+  kind = gguf.GGMLQuantizationType[qtype]
+  return np.asarray(gguf.quants.dequantize(gguf.quants.quantize(w, kind), kind),
+                    np.float32).reshape(w.shape)
+
+
 def write_gguf(path, state, config, arch="llama", tensor_type=None, extra=None):
   """Writes HF-named float32 `state` as a llama.cpp-style GGUF file."""
   writer = gguf.GGUFWriter(str(path), arch)
@@ -176,21 +201,20 @@ def write_gguf(path, state, config, arch="llama", tensor_type=None, extra=None):
     writer.add_key_value(key, *value)
   for name, w in state.items():
     if name == "model.embed_tokens.weight":
-      target, qtype = "token_embd.weight", "Q8_0"
+      target = "token_embd.weight"
     elif name == "model.norm.weight":
-      target, qtype = "output_norm.weight", "F32"
+      target = "output_norm.weight"
     elif name == "lm_head.weight":
-      target, qtype = "output.weight", "F32"
+      target = "output.weight"
     else:
       layer, rest = name.split(".", 3)[2:]
       module = rest.rsplit(".", 1)[0]
       target = f"blk.{layer}.{_GGUF_NAMES[module]}.weight"
-      qtype = _QUANT.get(module.split(".")[-1], "F32")
       if module.endswith("q_proj"):
         w = _permute_like_llama_cpp(w, config.num_attention_heads)
       elif module.endswith("k_proj"):
         w = _permute_like_llama_cpp(w, config.num_key_value_heads)
-    qtype = gguf.GGMLQuantizationType[tensor_type or qtype]
+    qtype = gguf.GGMLQuantizationType[_stored_type(name, tensor_type)]
     if qtype == gguf.GGMLQuantizationType.F32:
       writer.add_tensor(target, np.asarray(w, np.float32))
     elif qtype == gguf.GGMLQuantizationType.F16:
@@ -220,10 +244,41 @@ def test_gguf_import_undoes_permutation_and_dequantizes(tiny_gguf):
   loaded = decoder_weights.export_state_dict(params)
   assert set(loaded) == set(state)
   for name, w in state.items():
-    # 4-bit blocks of 32 keep ~1/8 of a block's range; 8-bit ~1/128.
-    tol = 0.16 * np.abs(w).max() if "q_proj" in name or "k_proj" in name else (
-        0.02 * np.abs(w).max())
-    assert _max_diff(loaded[name], w) <= tol, name
+    np.testing.assert_array_equal(loaded[name], _as_loaded(w, _stored_type(name)),
+                                  err_msg=name)
+
+
+@pytest.mark.parametrize("tensor_type", gguf_file.SUPPORTED_TENSOR_TYPES)
+def test_every_tensor_type_loads_as_gguf_encodes_it(tmp_path, tensor_type):
+  """Every tensor, untied output.weight included, stored as one type: F32 loads
+  bit-exactly, F16 as float16 rounds, each quant type as `gguf`'s own round trip."""
+  config = decoder.DecoderConfig(**{**TINY.__dict__, "tie_word_embeddings": False})
+  shapes = decoder_weights.export_state_dict(
+      decoder.init_params(decoder.DecoderModel(config), jax.random.PRNGKey(0)))
+  rng = np.random.default_rng(1)
+  # Random norms too, and values float16 cannot hold, so any rounding shows.
+  state = {name: rng.normal(0.0, 0.5, w.shape).astype(np.float32)
+           for name, w in shapes.items()}
+  assert "lm_head.weight" in state
+  path = write_gguf(tmp_path / f"{tensor_type}.gguf", state, config,
+                    tensor_type=tensor_type)
+  model, params, f = decoder_weights.load_gguf(path)
+  assert {t.tensor_type.name for t in f.tensors.values()} == {tensor_type}
+  assert not model.config.tie_word_embeddings
+  loaded = decoder_weights.export_state_dict(params)
+  assert set(loaded) == set(state)
+  for name, w in state.items():
+    want = _as_loaded(w, tensor_type)
+    if tensor_type != "F32":
+      assert not np.array_equal(want, w), f"{name}: {tensor_type} must change values"
+    np.testing.assert_array_equal(loaded[name], want, err_msg=name)
+  # The untied head, not the embedding, makes the logits.
+  ids = jnp.array([[3, 17, 40, 5]])
+  positions, valid = jnp.arange(4)[None], jnp.ones((1, 4), bool)
+  hidden, _ = model.apply({"params": params}, ids, positions, valid, method=model.prefill)
+  head = _as_loaded(state["lm_head.weight"], tensor_type)
+  np.testing.assert_allclose(model.apply({"params": params}, ids),
+                             np.asarray(hidden) @ head.T, rtol=1e-5, atol=1e-5)
 
 
 def test_gguf_matches_transformers_on_tiny_model(tiny_gguf):

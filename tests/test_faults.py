@@ -30,6 +30,7 @@ from tpjax.training import fingerprint
 from tpjax.training import train
 from tpjax.data import glue
 from tpjax.inference import loading
+from tpjax.models import classifier
 from tpjax.models import hf_weights
 from tpjax.models import pretrained
 
@@ -66,12 +67,19 @@ def _rows(workdir):
     return [json.loads(line) for line in f]
 
 
-def _latest_state(workdir):
-  """The final latest/ checkpoint's arrays as a flat list."""
-  manager = ocp.CheckpointManager(os.path.join(workdir, "finetune", "latest"))
+def _checkpoint(workdir, kind="latest"):
+  """The newest step of finetune/<kind>/ as nested dicts, read with orbax directly."""
+  manager = ocp.CheckpointManager(os.path.join(workdir, "finetune", kind))
   state = manager.restore(manager.latest_step())
   manager.close()
-  return jax.tree.leaves(state)
+  return state
+
+
+def _assert_trees_equal(ours, theirs):
+  """Same structure and bit-identical leaves; a tree with a leaf missing fails."""
+  assert jax.tree.structure(ours) == jax.tree.structure(theirs)
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
+    np.testing.assert_array_equal(a, b)
 
 
 def _listing(directory):
@@ -231,8 +239,7 @@ def test_flipped_byte_in_latest_falls_back_to_best_and_ends_identical(
   assert "latest/6 is damaged" in capsys.readouterr().out
   assert os.path.isdir(os.path.join(workdir, "finetune", "latest.corrupt-6"))
   assert _rows(workdir) == _rows(reference)
-  for ours, theirs in zip(_latest_state(workdir), _latest_state(reference)):
-    np.testing.assert_array_equal(ours, theirs)
+  _assert_trees_equal(_checkpoint(workdir), _checkpoint(reference))
 
 
 def test_truncated_checkpoint_without_fallback_is_one_sentence(
@@ -250,6 +257,24 @@ def test_truncated_checkpoint_without_fallback_is_one_sentence(
   # The command line prints it as one paragraph, exit 1, no traceback.
   text = cli.user_error_paragraph("tpjax.main", err.value, parsing=False)
   assert " ".join(text.split()).startswith(f"tpjax.main: stopped: Checkpoint {workdir}")
+
+
+def test_init_from_starts_from_the_other_runs_best_weights(reference, glue_dir,
+                                                          tmp_path):
+  # At learning rate 0 the one step leaves the weights as they were loaded.
+  config = _config(glue_dir)
+  config.init_from = reference
+  config.train.max_steps = 1
+  config.stage_settings.finetune.learning_rate = 0.0
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(config, workdir)
+  loaded = _checkpoint(workdir)["params"]["model"]
+  best = _checkpoint(reference, "best")["params"]["model"]
+  _assert_trees_equal(loaded, best)
+  # The fine-tuned weights are not the initial ones, so the check above has teeth.
+  fresh = classifier.build(config, 2, jax.random.PRNGKey(config.seed))[1]
+  assert any(not np.array_equal(a, b) for a, b in
+             zip(jax.tree.leaves(fresh), jax.tree.leaves(best), strict=True))
 
 
 def test_damaged_best_is_not_predicted_with(reference, tmp_path):
@@ -358,6 +383,76 @@ def test_ctrl_c_during_start_up_exits_130(glue_dir, tmp_path):
   assert "Traceback" not in stderr
 
 
+def test_run_failure_is_one_paragraph_and_exit_1(reference, glue_dir, tmp_path):
+  # init_from a run whose best checkpoint is damaged stops with errors.RunFailed.
+  source = _copy(reference, tmp_path, "damaged")
+  best = os.path.join(source, "finetune", "best")
+  step = [d for d in os.listdir(best) if d.isdigit()][0]
+  path = _largest_file(os.path.join(best, step))
+  os.truncate(path, os.path.getsize(path) - 7)
+  process = _main("--config=configs/tiny.py", f"--workdir={tmp_path}/run",
+                  f"--config.data.glue_dir={glue_dir}", f"--config.init_from={source}")
+  _, stderr = process.communicate(timeout=300)
+  assert process.returncode == 1, stderr
+  assert "Traceback" not in stderr and "\n\n" not in stderr.strip()
+  paragraph = " ".join(stderr.split())
+  assert paragraph.startswith(f"tpjax.main: stopped: Checkpoint {best}/{step} is damaged")
+
+
+# The reference run's config as a config file, so tpjax.main trains the same run.
+_CONFIG_FILE = """
+from tests import test_faults
+
+
+def get_config():
+  return test_faults._config({glue_dir!r})
+"""
+
+
+def _wait_for_train_rows(process, workdir, count):
+  """Waits until the run has logged `count` train steps (or has ended)."""
+  metrics = os.path.join(workdir, "finetune", "metrics.jsonl")
+  deadline = time.time() + 300
+  while time.time() < deadline and process.poll() is None:
+    if os.path.exists(metrics):
+      with open(metrics) as f:
+        if sum('"split": "train"' in line for line in f) >= count:
+          return
+    time.sleep(0.05)
+
+
+def test_ctrl_c_and_sigterm_checkpoint_exit_130_and_the_rerun_resumes(
+    reference, glue_dir, tmp_path):
+  """Ctrl-C in training, then SIGTERM in the rerun: each saves its step and exits 130;
+  the rerun went on from the first stop exactly as the uninterrupted run did."""
+  config_file = tmp_path / "faults_config.py"
+  config_file.write_text(_CONFIG_FILE.format(glue_dir=glue_dir))
+  workdir = str(tmp_path / "run")
+  # The inherited device flags (8 CPU devices) match the in-process reference run.
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  env.pop(cli.TRACEBACK_ENV, None)
+  command = [sys.executable, "-m", "tpjax.main", f"--config={config_file}",
+             f"--workdir={workdir}"]
+  stopped = [0]
+  for sig in (signal.SIGINT, signal.SIGTERM):
+    process = subprocess.Popen(command, cwd=_ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    _wait_for_train_rows(process, workdir, stopped[-1] + 1)
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, f"{sig!r}: {stderr[-3000:]}"
+    assert "Traceback" not in stderr
+    step = max(int(d) for d in os.listdir(os.path.join(workdir, "finetune", "latest"))
+               if d.isdigit())
+    assert f"Stopped at step {step} of stage finetune" in stderr
+    assert stopped[-1] < step < _STEPS, (sig, step)  # the rerun resumed and went on
+    stopped.append(step)
+  # Every step logged once, each as in the uninterrupted run.
+  assert _rows(workdir) == [r for r in _rows(reference) if r["step"] <= stopped[-1]]
+
+
 def test_prediction_never_writes_inside_a_run(reference, tmp_path):
   workdir = _copy(reference, tmp_path)
   # A run still in its first stage: the later stages have no folder yet.
@@ -405,7 +500,7 @@ def test_sigkill_at_random_steps_then_resume_is_bit_identical(reference, glue_di
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
   want_rows = _rows(reference)
-  want_state = _latest_state(reference)
+  want_state = _checkpoint(reference)
   workdirs = []
   for seed in range(5):
     kill_after = random.Random(seed).randint(1, _STEPS - 1)
@@ -432,5 +527,4 @@ def test_sigkill_at_random_steps_then_resume_is_bit_identical(reference, glue_di
     keys = [(r["step"], r["split"]) for r in rows]
     assert len(keys) == len(set(keys)), f"seed {seed}: duplicate rows"
     assert rows == want_rows, f"seed {seed}"
-    for ours, theirs in zip(_latest_state(workdir), want_state):
-      np.testing.assert_array_equal(ours, theirs)
+    _assert_trees_equal(_checkpoint(workdir), want_state)

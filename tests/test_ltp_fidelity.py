@@ -80,8 +80,13 @@ def test_regulariser_penalises_layer_masks_or_their_product(variant, product):
   previous = jnp.array([[1.0, 0.5, 1.0, 1.0, 0.0]])  # a token half pruned before
   new_mask, scale, aux = _call(method.prune_fn(method.init_params(None), "soft"), 1,
                                probs, previous)
-  layer_mask = ltp.scores.protect_first(
-      ltp.soft_mask(ltp.scores.importance(probs, previous, "live"), 0.25, 0.1), previous)
+  # By hand: attention each key receives from the query rows weighted by `previous`,
+  # over the 3.5 live tokens; sigmoid((s - theta_1) / T) with theta_1 = 0.5 / 2 and
+  # T = 0.1; [CLS] kept, the padding dropped.
+  received = np.array([0.6 + 0.25 + 0.4 + 0.2, 0.2 + 0.15 + 0.4 + 0.4,
+                       0.2 + 0.1 + 0.2 + 0.4, 0.0]) / 3.5
+  layer_mask = np.append(1.0 / (1.0 + np.exp(-(received - 0.25) / 0.1)), 0.0)[None]
+  layer_mask[0, 0] = 1.0
   np.testing.assert_allclose(aux, layer_mask * previous if product else layer_mask,
                              rtol=1e-6)
   if variant == "reference":  # output scaling, attention mask untouched

@@ -5,6 +5,9 @@ tokens per example), and the scorer depends on the hidden states, so a wrong gat
 wrong positions or a wrong cache would change the numbers.
 """
 
+import fractions
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -149,9 +152,27 @@ def test_schedule_default_and_errors():
     sdtp_decoder.Schedule(layers=(2, 4), keep=(0.5,))
   with pytest.raises(ValueError, match="non-increasing"):
     sdtp_decoder.Schedule(layers=(2, 4), keep=(0.5, 0.7))
-  frac = sdtp_decoder.keep_fraction(decoder.DecoderConfig(num_hidden_layers=30), s, 1000)
-  assert frac["final_kept"] == pytest.approx(0.387, abs=0.002)
-  assert 0.6 < frac["relative_macs"] < 0.75
+  config = decoder.DecoderConfig(num_hidden_layers=30)
+  frac = sdtp_decoder.keep_fraction(config, s, 1000)
+  # By hand: stage s keeps ceil(0.9^(s+1) * 1000) of 1000 tokens (above the 4 + 100
+  # always kept), from its layer on.
+  kept = [1000] * 30
+  for stage, layer in enumerate(range(4, 30, 3)):
+    count = math.ceil(fractions.Fraction(9, 10) ** (stage + 1) * 1000)
+    kept[layer:] = [count] * (30 - layer)
+  assert kept[-1] == 388
+  d, heads, hd = config.hidden_size, config.num_attention_heads, config.head_dim
+  kv = config.num_key_value_heads * hd
+
+  def macs(counts):
+    # q and o projections, k and v, causal scores and values, SwiGLU; the LM head once.
+    layers = sum(n * (2 * d * heads * hd + 2 * d * kv) + heads * hd * n * (n + 1) +
+                 3 * n * d * config.intermediate_size for n in counts)
+    return layers + d * config.vocab_size
+
+  assert frac["final_kept"] == 0.388
+  assert frac["token_layers_kept"] == pytest.approx(sum(kept) / 30000, rel=1e-12)
+  assert frac["relative_macs"] == pytest.approx(macs(kept) / macs([1000] * 30), rel=1e-12)
 
 
 def test_squad_split_and_f1(tmp_path):
@@ -201,7 +222,9 @@ def test_predictors_round_trip_and_ratio_override(tmp_path):
   sdtp_decoder.save_predictors(str(tmp_path), params, SCHEDULE, {"windows": 3})
   loaded, schedule, meta = sdtp_decoder.load_predictors(str(tmp_path), TINY)
   assert schedule == SCHEDULE and meta == {"windows": 3}
-  for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(loaded)):
+  assert jax.tree_util.tree_structure(loaded) == jax.tree_util.tree_structure(params)
+  for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(loaded),
+                  strict=True):
     np.testing.assert_array_equal(a, b)
   # The same modules at another keep ratio: r^(s+1) at the same layers.
   _, other, _ = sdtp_decoder.load_predictors(str(tmp_path), TINY, ratio=0.5)

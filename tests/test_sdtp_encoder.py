@@ -1,6 +1,10 @@
 """SDTP on the encoder: saliency of the real model, frozen backbone, policy attention,
 a tiny run, and compacted inference equal to masked evaluation."""
 
+import fractions
+import math
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -173,7 +177,7 @@ def test_soft_masks_are_cumulative_and_keep_protected(tiny_sdtp):
   assert masks[-1].sum() < masks[0].sum()
 
 
-def test_tiny_run(tmp_path):
+def test_tiny_run(tiny_sdtp, tmp_path):
   glue_dir = helpers.write_sst2(str(tmp_path / "glue"), n_train=48, n_dev=16)
   config = helpers.tiny_config(glue_dir)
   config.num_devices = 1
@@ -189,9 +193,24 @@ def test_tiny_run(tmp_path):
   summary = train.train_and_evaluate(config, str(tmp_path / "run"))
   dev = summary["stages"]["soft"]["dev"]["validation"]
   assert summary["method"] == "sdtp"
-  assert 0.3 < dev["relative_flops"] < 0.9  # the hard top-k decisions are evaluated
-  kept = dev["tokens_kept_per_layer"]
-  assert kept[0] == 1 and kept[1] < 1 and kept[3] < kept[1]
+  # By hand: the hard top-k decisions keep ceil(rho_s n) tokens after layer s = 1..3
+  # (never fewer than [CLS] and [SEP]); a layer's attention sees the tokens the layer
+  # before kept, its FFN those it keeps itself.
+  with open(os.path.join(glue_dir, "SST-2", "dev.tsv"), encoding="utf-8") as f:
+    texts = [line.rsplit("\t", 1)[0] for line in f.read().splitlines()[1:]]
+  n = np.asarray(tiny_sdtp[2](texts, length=32)["attention_mask"]).sum(-1).tolist()
+  kept = np.array([[m] + [max(math.ceil(fractions.Fraction(str(r)) * m), 2)
+                          for r in RATIOS] for m in n], np.float64)
+  d, d_ff = 32, 64  # configs/tiny.py
+
+  def macs(attn, ffn):
+    return (2 * d * attn**2 + 4 * d**2 * attn + 2 * d * d_ff * ffn).sum()
+
+  full = np.repeat(kept[:, :1], 4, axis=1)
+  want = macs(np.concatenate([full[:, :1], kept[:, :-1]], 1), kept) / macs(full, full)
+  assert dev["relative_flops"] == pytest.approx(want, rel=1e-9)
+  assert dev["tokens_kept_per_layer"] == pytest.approx(
+      (kept.mean(0) / kept[:, 0].mean()).round(4).tolist(), abs=1e-12)
 
 
 def test_compacted_equals_masked(tiny_sdtp):

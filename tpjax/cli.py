@@ -1,9 +1,10 @@
 """What the command-line tools do with errors: one paragraph for user mistakes.
 
-A missing data folder, a mistyped `--config.` override, a bad config value or an
-unusable workdir is not a bug, so the user gets one readable paragraph on stderr and
-exit code 2 instead of a traceback. A run that stops for a reason it explains (a NaN
-loss, a damaged checkpoint; `errors.RunFailed`) prints its paragraph and exits 1.
+An unknown flag, a bad flag or config value (a mistyped `--config.` override), a
+missing data folder or an unusable workdir is not a bug, so the user gets one readable
+paragraph on stderr and exit code 2 instead of a traceback. A run that stops for a
+reason it explains (a NaN loss, a damaged checkpoint; `errors.RunFailed`) prints its
+paragraph and exits 1.
 Ctrl-C exits 130, also while the tool is still starting. `--verbosity=1` (absl's
 flag) or `TPJAX_TRACEBACK=1` shows the traceback too, for bug reports.
 
@@ -126,7 +127,10 @@ def run(main: Callable[[list[str]], None], program: str | None = None) -> None:
   if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
     signal.signal(signal.SIGINT, signal.default_int_handler)
   try:
-    app.run(main)
+    # absl's own parser prints its message and exits 1, the code of a failed run;
+    # parsing with FLAGS directly lets an unknown flag or a bad value reach the
+    # handler below as a user error.
+    app.run(main, flags_parser=lambda args: flags.FLAGS(args))
   except KeyboardInterrupt:
     print(f"{program}: interrupted.", file=sys.stderr)
     sys.exit(INTERRUPTED_EXIT_CODE)

@@ -2,14 +2,19 @@
 
     python -m tpjax.generate --model=smollm2-135m --prompt="What is JAX?" --chat
 
-The generator itself (bucketed prefill, KV-cached decode) is tpjax/inference/generation.py.
+Each token's text is written as soon as it is decoded; generation ends at the model's
+end-of-sequence token or after --max_new_tokens. A bad flag prints one paragraph and
+exits 2, Ctrl-C exits 130 (tpjax/cli.py). The generator itself (bucketed prefill,
+KV-cached decode) is tpjax/inference/generation.py.
 """
+
+# cli first: it makes Ctrl-C during the slow imports below exit 130.
+from tpjax import cli  # pylint: disable=g-bad-import-order
 
 import os
 import sys
 import time
 
-from absl import app
 from absl import flags
 from absl import logging
 
@@ -29,8 +34,24 @@ _COMPUTE_DTYPE = flags.DEFINE_enum(
     "Matmul operand dtype; auto: bfloat16 where the hardware has a bf16 matrix engine.")
 
 
+def check_flags(prompt, max_new_tokens: int, temperature: float, top_p: float) -> None:
+  """Raises ValueError (a user error: one paragraph, exit 2) for unusable flag values."""
+  if prompt is None:
+    raise ValueError("--prompt is required, e.g. --prompt=\"What is JAX?\".")
+  if max_new_tokens < 1:
+    raise ValueError(f"--max_new_tokens={max_new_tokens} is not allowed (an integer of "
+                     "at least 1).")
+  if temperature < 0:
+    raise ValueError(f"--temperature={temperature} is not allowed (0 for greedy "
+                     "decoding, or above 0 to sample).")
+  if not 0 < top_p <= 1:
+    raise ValueError(f"--top_p={top_p} is not allowed (a number above 0 and at most 1).")
+
+
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise ValueError(f"Unexpected arguments {argv[1:]}; pass the text with --prompt.")
+  check_flags(_PROMPT.value, _MAX_NEW.value, _TEMPERATURE.value, _TOP_P.value)
   from tpjax.models import pretrained  # pylint: disable=g-import-not-at-top
   model, params, tokenizer = pretrained.load_pretrained(
       _MODEL.value, compute_dtype=_COMPUTE_DTYPE.value)
@@ -53,6 +74,6 @@ def main(argv):
 
 if __name__ == "__main__":
   if "xla_cpu_use_xnnpack" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + generation.CPU_XLA_FLAGS).strip()
-  flags.mark_flag_as_required("prompt")
-  app.run(main)
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " +
+                               generation.CPU_XLA_FLAGS).strip()
+  cli.run(main, "tpjax.generate")
