@@ -20,7 +20,8 @@ def stage(num_epochs: float, learning_rate: float, pruning_learning_rate: float 
       # cannot buy accuracy by keeping more tokens; or a number, a FLOPs target.
       "flops_budget": flops_budget,
       # Optimizer overrides for this stage; None: the LTP family's variant
-      # (tpjax/pruning/ltp_variant.py) in pruning stages, else config.train's value.
+      # (tpjax/pruning/ltp_variant.py) in pruning stages, ToP's (top.py) in its soft
+      # stage, else config.train's value.
       "warmup_ratio": placeholder(float),
       "weight_decay": placeholder(float),
       "clip_mode": placeholder(str),
@@ -57,6 +58,14 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.data.per_device_eval_batch_size = 64
   config.data.max_train_examples = placeholder(int)
   config.data.max_eval_examples = placeholder(int)
+  # Selection without dev: a seeded slice of the training set (this fraction, at most
+  # selection_max_examples, 0 for no cap) is held out of training and picks the best
+  # checkpoint (and, in sweeps, keep ratios, lambda, t); dev is evaluated once, at the
+  # selected point. The seed is its own, so runs with other training seeds share the
+  # slice. 0: no slice, select on dev (as the references do).
+  config.data.selection_fraction = 0.1
+  config.data.selection_max_examples = 2000
+  config.data.selection_seed = 0
 
   config.train = ml_collections.ConfigDict()
   config.train.warmup_ratio = 0.06
@@ -103,7 +112,15 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.pruning.top_warmup = 0.3         # stage fraction: target ramp from 0, rank decay
   config.pruning.top_bins = 25
   config.pruning.top_rank_k = 20          # teacher's top-K tokens in the ranking loss
-  config.pruning.top_rank_alpha = 1e-3    # ranking loss weight
+  # 'reference' trains as the ToP code does, 'tpjax' as tpjax did before issue 24; each
+  # choice below left None takes the variant's value (tpjax/pruning/top.py), and so do
+  # stage_settings.soft.warmup_ratio and weight_decay (reference 0 and 0).
+  config.pruning.top_variant = "reference"          # reference | tpjax
+  config.pruning.top_layer_gate = placeholder(str)     # ste (reference) | soft
+  config.pruning.top_cumulative = placeholder(str)     # binary (reference) | soft
+  config.pruning.top_rank_alpha = placeholder(float)   # ranking weight: 1e-2 | 1e-3
+  config.pruning.top_rank_norm = placeholder(str)      # batch (reference) | fixed | live
+  config.pruning.top_sparsity_mean = placeholder(str)  # examples (reference) | tokens
   config.pruning.top_rank_layers = ()     # (): layers 1 .. L/3 - 1
   config.pruning.top_temperature = 2.0    # logit distillation temperature
   config.pruning.top_layer_gate_init = 0.05  # initial P(gate open)
@@ -116,8 +133,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   # reference's rule once layer gates are 0 or 1) or 'reference' (layer gate >= 0.5,
   # then round(bins - sum P)); top.closed_bins.
   config.pruning.top_inference = "expected"
-  # Layers before this one never prune (reference: 0; LTP keeps layer 0 whole, as
-  # attention before any mixing says little, and short runs cannot learn that in time).
+  # Layers before this one never prune; at least 1. The reference's prune locations
+  # start at 2 using layer 1's scores, so layer 0 never prunes there either.
   config.pruning.top_first_layer = 1
   # sdtp (tpjax/pruning/sdtp_encoder.py): saliency-trained prediction modules, trained
   # in a 'soft' stage with the backbone frozen; inference keeps the top

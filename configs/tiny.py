@@ -20,6 +20,9 @@ def get_config():
   config.data.per_device_eval_batch_size = 2
   config.data.max_train_examples = 256
   config.data.max_eval_examples = 64
+  # Tests and smoke runs pick checkpoints on dev; tests/test_train.py's selection test
+  # holds a slice out.
+  config.data.selection_fraction = 0.0
   config.train.log_every_steps = 5
   config.train.checkpoint_every_steps = 10
   config.stage_settings.finetune.learning_rate = 1e-3

@@ -5,6 +5,7 @@ import os
 import signal
 
 import jax
+import numpy as np
 import pytest
 
 from tests import helpers
@@ -117,3 +118,55 @@ def test_locked_config_rejects_typos():
   config = helpers.tiny_config("unused")
   with pytest.raises(AttributeError):
     config.train.learning_rat = 1.0
+
+
+def test_selection_slice_is_seeded_and_disjoint():
+  a = batching.selection_indices(1000, 0.1, 0, seed=0)
+  assert len(a) == 100 and len(set(a.tolist())) == 100
+  np.testing.assert_array_equal(a, batching.selection_indices(1000, 0.1, 0, seed=0))
+  assert set(a.tolist()) != set(batching.selection_indices(1000, 0.1, 0, seed=1).tolist())
+  assert len(batching.selection_indices(1000, 0.1, 30, seed=0)) == 30  # capped
+  assert len(batching.selection_indices(1000, 0.0, 0, seed=0)) == 0
+
+
+def test_checkpoints_are_selected_on_a_held_out_training_slice(glue_dir, tmp_path,
+                                                                monkeypatch):
+  config = helpers.tiny_config(glue_dir, max_steps=6, eval_every_steps=3)
+  config.num_devices = 1
+  config.data.per_device_batch_size = 4
+  config.data.selection_fraction = 0.25
+  config.data.selection_seed = 5
+  everything = batching.load_split(config, _tokenizer(config), "train", None)
+  trained_on, evaluated = [], []
+  real_batches, real_evaluate = batching.train_batches, train.evaluate
+
+  def spy_batches(data, *args, **kwargs):
+    trained_on.append(data)
+    return real_batches(data, *args, **kwargs)
+
+  def spy_evaluate(*args, **kwargs):
+    evaluated.append(kwargs["where"].rsplit(", ", 1)[-1])
+    return real_evaluate(*args, **kwargs)
+
+  monkeypatch.setattr(batching, "train_batches", spy_batches)
+  monkeypatch.setattr(train, "evaluate", spy_evaluate)
+  summary = train.train_and_evaluate(config, str(tmp_path))
+
+  held = batching.selection_indices(len(everything), 0.25, 2000, seed=5)
+  assert len(held) == 16
+  keep = np.setdiff1d(np.arange(len(everything)), held)
+  as_rows = lambda data: sorted(tuple(x.tolist()) for x in data.ids)
+  assert trained_on and all(as_rows(d) == as_rows(batching.subset(everything, keep))
+                            for d in trained_on)
+  # checkpoints judged on the slice at steps 3 and 6; dev once, at the handover
+  assert evaluated == ["selection", "selection", "validation", "selection"]
+  with open(tmp_path / "finetune" / "metrics.jsonl") as f:
+    splits = {json.loads(line)["split"] for line in f}
+  assert "eval_selection" in splits and "eval_validation" not in splits
+  record = summary["selection"]
+  assert (record["split"], record["fraction"], record["seed"], record["examples"],
+          record["train_examples"]) == ("selection", 0.25, 5, 16, 48)
+  stage = summary["stages"]["finetune"]
+  assert stage["selection_split"] == "selection"
+  assert record["metrics"] == stage["selection"]
+  assert 0.0 <= summary["dev"]["validation"]["accuracy"] <= 1.0

@@ -48,6 +48,48 @@ def load_split(config, tokenizer: tokenization.Tokenizer, split: str,
   return encode(tokenizer, examples)
 
 
+def subset(data: Encoded, indices: Sequence[int]) -> Encoded:
+  """The examples at `indices`, in that order."""
+  return Encoded(ids=[data.ids[i] for i in indices],
+                 type_ids=[data.type_ids[i] for i in indices],
+                 labels=data.labels[np.asarray(indices, np.int64)])
+
+
+def selection_indices(n: int, fraction: float, max_examples: int, seed: int) -> np.ndarray:
+  """Which of n training examples are held out for selection: a seeded sample.
+
+  round(fraction * n) examples (at least 1 when fraction > 0), at most `max_examples`
+  (0: no cap), drawn by a generator seeded with `seed` alone, so the slice is the
+  same for every run of a task with the same n, whatever its training seed.
+
+  Returns:
+    <int64>[k] sorted indices; empty when fraction is 0.
+  """
+  if fraction <= 0 or n == 0:
+    return np.zeros((0,), np.int64)
+  k = max(1, int(round(fraction * n)))
+  if max_examples:
+    k = min(k, max_examples)
+  k = min(k, n - 1)  # leave something to train on
+  order = np.random.default_rng([seed, n]).permutation(n)
+  return np.sort(order[:k])
+
+
+def hold_out(data: Encoded, fraction: float, max_examples: int,
+             seed: int) -> tuple[Encoded, Optional[Encoded]]:
+  """Splits a training set into (what is trained on, the held-out selection slice).
+
+  The slice (`selection_indices`) picks checkpoints and settings, so dev is looked at
+  only once, at the selected point. Training keeps the rest in their original order.
+  Returns (data, None) when fraction is 0.
+  """
+  held = selection_indices(len(data), fraction, max_examples, seed)
+  if not held.size:
+    return data, None
+  keep = np.setdiff1d(np.arange(len(data)), held)
+  return subset(data, keep), subset(data, held)
+
+
 def normalize_buckets(buckets: Sequence[int], max_length: int) -> tuple[int, ...]:
   """Sorted bucket lengths up to max_length, always ending at max_length."""
   kept = sorted({b for b in buckets if 0 < b < max_length})

@@ -15,8 +15,9 @@ METHODS = ("none", "ltp", "threshold", "topk", "top", "sdtp")
 
 def complete_config(config: ml_collections.ConfigDict) -> None:
   """Fills, in place, the settings a method derives from others (e.g. the LTP
-  family's variant), so that config.json records exactly what ran."""
+  family's variant, ToP's), so that config.json records exactly what ran."""
   ltp_variant.complete(config)
+  top.complete(config)
 
 
 def get_method(config: ml_collections.ConfigDict,

@@ -24,6 +24,28 @@ t the target ramped linearly from 0 over the warm-up, and the multipliers traine
 gradient ascent. Inference ('hard') closes, per location, the bins with the smallest
 probabilities; how many is `closed_bins`'s rule (the reference's, or the expected
 count); pruning is cumulative across locations.
+
+`config.pruning.top_variant` ('reference', the default, or 'tpjax') picks a value for
+every choice in `CHOICES` and `STAGE_CHOICES` that the config leaves None (an explicit
+value wins); `complete` writes them into the config so config.json records what ran:
+
+  top_layer_gate     'ste': the layer gate's sample is binarised in the forward pass,
+                     1[z > 0], with a straight-through gradient (reference);
+                     'soft': the continuous sample enters the mask.
+  top_cumulative     'binary': a location's mask multiplies the previous location's
+                     binarised decision 1[m > 0], so soft values never compound across
+                     layers (reference); 'soft': it multiplies the previous soft mask.
+  top_rank_alpha     ranking-distillation weight (reference SST-2 script 1e-2; tpjax 1e-3).
+  top_rank_norm      the normaliser of the scores the ranking loss compares: 'batch'
+                     (heads x the batch's padded length, reference), or 'fixed' / 'live'
+                     (as score_norm: score_norm_constant, or the live token count).
+  top_sparsity_mean  expected sparsity over a batch: 'examples', the mean of per-example
+                     ratios (reference; its linear term does not depend on how the batch
+                     is split across devices), or 'tokens', a ratio of summed MACs.
+Optimiser of the model in the soft stage (config.stage_settings.soft):
+  warmup_ratio       reference 0; tpjax None (config.train's, 0.06).
+  weight_decay       reference 0; tpjax None (config.train's, 0.01).
+The reference's model learning rate, 1e-5, is the ToP configs' soft learning_rate.
 """
 
 import jax
@@ -38,6 +60,63 @@ from tpjax.pruning import flops
 from tpjax.pruning import hard_concrete
 from tpjax.pruning import ranking
 from tpjax.pruning import scores
+
+
+VARIANTS = ("reference", "tpjax")
+CHOICES = {
+    "top_layer_gate": {"reference": "ste", "tpjax": "soft"},
+    "top_cumulative": {"reference": "binary", "tpjax": "soft"},
+    "top_rank_alpha": {"reference": 1e-2, "tpjax": 1e-3},
+    "top_rank_norm": {"reference": "batch", "tpjax": "fixed"},
+    "top_sparsity_mean": {"reference": "examples", "tpjax": "tokens"},
+}
+# Soft-stage optimiser settings; None leaves config.train's value.
+STAGE_CHOICES = {
+    "warmup_ratio": {"reference": 0.0, "tpjax": None},
+    "weight_decay": {"reference": 0.0, "tpjax": None},
+}
+ALLOWED = {"top_layer_gate": ("ste", "soft"), "top_cumulative": ("binary", "soft"),
+           "top_rank_norm": ("batch", "fixed", "live"),
+           "top_sparsity_mean": ("examples", "tokens")}
+
+
+def _variant(pruning: ml_collections.ConfigDict) -> str:
+  # A run saved before the field trained as 'tpjax' does.
+  variant = pruning.get("top_variant", "tpjax") or "reference"
+  if variant not in VARIANTS:
+    raise ValueError(f"pruning.top_variant {variant!r} is not one of {VARIANTS}.")
+  return variant
+
+
+def resolve(pruning: ml_collections.ConfigDict) -> dict:
+  """The effective value of every choice in CHOICES: explicit, else the variant's.
+
+  Raises:
+    ValueError: for an unknown variant or choice.
+  """
+  variant = _variant(pruning)
+  values = {}
+  for name, by_variant in CHOICES.items():
+    value = pruning.get(name)
+    values[name] = by_variant[variant] if value is None else value
+    if name in ALLOWED and values[name] not in ALLOWED[name]:
+      raise ValueError(f"pruning.{name} {values[name]!r} is not one of {ALLOWED[name]}.")
+  return values
+
+
+def complete(config: ml_collections.ConfigDict) -> None:
+  """Fills, in place, every None choice of a ToP run (pruning fields and the soft
+  stage's optimiser), so config.json records exactly what ran. Other methods are
+  left alone."""
+  if config.pruning.method != "top":
+    return
+  variant = _variant(config.pruning)
+  for name, value in resolve(config.pruning).items():
+    config.pruning[name] = value
+  settings = config.stage_settings.soft
+  for name, by_variant in STAGE_CHOICES.items():
+    if settings.get(name) is None:
+      settings[name] = by_variant[variant]
 
 
 def rank_bins(score: jax.Array, prunable: jax.Array, bins: int) -> jax.Array:
@@ -110,14 +189,18 @@ def expected_kept(layer_prob: jax.Array, bin_prob: jax.Array, lengths: jax.Array
 
 
 def expected_sparsity(kept: jax.Array, lengths: jax.Array, weights: jax.Array,
-                      model_config: config_lib.EncoderConfig) -> jax.Array:
-  """1 - (weighted) pruned MACs / unpruned MACs on real lengths (flops.py formula).
+                      model_config: config_lib.EncoderConfig,
+                      mean: str = "examples") -> jax.Array:
+  """1 - pruned MACs / unpruned MACs on real lengths (flops.py formula), over a batch.
 
   Args:
     kept: <float32>[batch, layers] tokens left after each layer's decision.
     lengths: <float32>[batch].
     weights: <float32>[batch] example weights (0 for padding rows).
     model_config: the encoder's sizes.
+    mean: 'examples': the weighted mean of per-example sparsities (reference); the
+      weighted mean of per-device values is then the global batch's value. 'tokens':
+      1 - sum of pruned MACs / sum of unpruned MACs (long examples weigh more).
   Returns:
     <float32>[].
   """
@@ -125,7 +208,30 @@ def expected_sparsity(kept: jax.Array, lengths: jax.Array, weights: jax.Array,
   entering = jnp.concatenate([lengths[:, None], kept[:, :-1]], axis=1)
   pruned = jnp.sum(flops.mac_formula(entering, kept, h, ff), axis=-1)
   full = kept.shape[1] * flops.mac_formula(lengths, lengths, h, ff)
-  return 1.0 - jnp.sum(weights * pruned) / jnp.maximum(jnp.sum(weights * full), 1e-9)
+  if mean == "examples":
+    ratio = pruned / jnp.maximum(full, 1e-9)
+    return 1.0 - jnp.sum(weights * ratio) / jnp.maximum(jnp.sum(weights), 1e-9)
+  if mean == "tokens":
+    return 1.0 - jnp.sum(weights * pruned) / jnp.maximum(jnp.sum(weights * full), 1e-9)
+  raise ValueError(f"top_sparsity_mean {mean!r} is not 'examples' or 'tokens'.")
+
+
+def rank_scores(received: jax.Array, token_mask: jax.Array, norm: str,
+                constant: float) -> jax.Array:
+  """The scores the ranking loss compares: received attention over a normaliser.
+
+  Args:
+    received: <float32>[batch, seq] `encoder.attention_received` (already / heads).
+    token_mask: <float32>[batch, seq].
+    norm: 'batch' (the padded length of the batch: with the heads, the reference's
+      heads x batch length), 'fixed' or 'live' (`scores.normalized`).
+    constant: Z for 'fixed'.
+  Returns:
+    <float32>[batch, seq]; 0 for dead tokens.
+  """
+  if norm == "batch":
+    return jnp.where(token_mask > 0, received / received.shape[-1], 0.0)
+  return scores.normalized(received, token_mask, norm, constant)
 
 
 def distillation_loss(student: jax.Array, teacher: jax.Array,
@@ -151,12 +257,14 @@ class ToPMethod(base.Method):
 
   Config fields (config.pruning): top_bins, top_target (FLOPs sparsity), top_warmup
   (fraction of the stage for the target ramp and the ranking-weight decay),
-  top_rank_k, top_rank_alpha, top_rank_layers (() = default_rank_layers),
+  top_rank_k, top_rank_layers (() = default_rank_layers),
   top_temperature, top_layer_gate_init / top_bin_gate_init (initial P(z != 0)),
-  top_freeze_embeddings, top_adam_b2, top_first_layer (earlier layers never prune),
-  top_inference ('expected' | 'reference', see
-  `closed_bins`), score_norm, score_norm_constant. The gates' and multipliers'
-  learning rate is the stage's pruning_learning_rate.
+  top_freeze_embeddings, top_adam_b2, top_first_layer (earlier layers never prune;
+  1 in the reference, whose first prune location uses layer 1's scores),
+  top_inference ('expected' | 'reference', see `closed_bins`), score_norm,
+  score_norm_constant, and the variant's choices (module docstring): top_variant,
+  top_layer_gate, top_cumulative, top_rank_alpha, top_rank_norm, top_sparsity_mean.
+  The gates' and multipliers' learning rate is the stage's pruning_learning_rate.
   """
 
   name = "top"
@@ -170,6 +278,7 @@ class ToPMethod(base.Method):
     self.num_layers = model_config.num_hidden_layers
     self.rank_layers = tuple(config.top_rank_layers) or default_rank_layers(
         self.num_layers)
+    self.choices = resolve(config)
     # Layers before top_first_layer never prune: their layer gates count as closed.
     first = config.get("top_first_layer", 0)  # runs saved before the field
     self.prunes = jnp.arange(self.num_layers) >= first
@@ -206,11 +315,17 @@ class ToPMethod(base.Method):
       if rng is None:
         raise ValueError("ToP's soft stage samples its gates: prune_fn needs an rng.")
       layer_rng, bin_rng = jax.random.split(rng)
-      z_layer = hard_concrete.sample(params["gates"]["layer"], layer_rng) * self.prunes
+      z_layer = hard_concrete.sample(params["gates"]["layer"], layer_rng)
+      if self.choices["top_layer_gate"] == "ste":
+        # forward 1[z > 0], gradient of z (the reference's straight-through estimator)
+        z_layer = z_layer + jax.lax.stop_gradient((z_layer > 0).astype(z_layer.dtype)
+                                                  - z_layer)
+      z_layer = z_layer * self.prunes
       z_bins = hard_concrete.sample(params["gates"]["bins"], bin_rng)
       bin_keep = 1.0 - z_layer[:, None] * (1.0 - z_bins)
     else:
       bin_keep = jax.lax.stop_gradient(self.hard_bin_keep(params))
+    binary_previous = self.choices["top_cumulative"] == "binary"
 
     def prune(index, received, token_mask, hidden, lengths, protected):
       del hidden, lengths
@@ -218,8 +333,9 @@ class ToPMethod(base.Method):
       live = token_mask > 0
       prunable = live & ~protected
       gate = bin_keep[index][rank_bins(score, prunable, cfg.top_bins)]
-      new_mask = token_mask * jnp.where(prunable, gate, 1.0)
-      return new_mask, None, {"score": score, "live": live}
+      previous = live.astype(token_mask.dtype) if binary_previous else token_mask
+      new_mask = previous * jnp.where(prunable, gate, 1.0)
+      return new_mask, None, {"score": score, "received": received, "live": live}
 
     return prune
 
@@ -237,20 +353,28 @@ class ToPMethod(base.Method):
     else:
       distill = distillation_loss(output.logits, teacher.logits, cfg.top_temperature)
 
-    teacher_score = scores.importance(teacher.attentions[-1], real.astype(jnp.float32),
-                                      cfg.score_norm, cfg.score_norm_constant)
+    norm = self.choices["top_rank_norm"]
+    real_mask = real.astype(jnp.float32)
+    teacher_score = rank_scores(
+        encoder_lib.attention_received(teacher.attentions[-1], real_mask), real_mask,
+        norm, cfg.score_norm_constant)
     not_cls = real.at[:, 0].set(False)
-    rank = sum(ranking.ranking_loss(output.prune_aux[l]["score"], teacher_score,
-                                    not_cls & output.prune_aux[l]["live"], cfg.top_rank_k)
-               for l in self.rank_layers)
-    rank_weight = cfg.top_rank_alpha * jnp.maximum(0.01, 1.0 - warm)
+    rank = 0.0
+    for l in self.rank_layers:
+      aux = output.prune_aux[l]
+      student_score = rank_scores(aux["received"], aux["live"].astype(jnp.float32), norm,
+                                  cfg.score_norm_constant)
+      rank = rank + ranking.ranking_loss(student_score, teacher_score, not_cls & aux["live"],
+                                         cfg.top_rank_k)
+    rank_weight = self.choices["top_rank_alpha"] * jnp.maximum(0.01, 1.0 - warm)
 
     layer_prob, bin_prob = self.probabilities(params)
     lengths = jnp.sum(real, axis=-1).astype(jnp.float32)
     protected = jnp.sum(encoder_lib.protected_tokens(real, batch["token_type_ids"]),
                         axis=-1).astype(jnp.float32)
     kept = expected_kept(layer_prob, bin_prob, lengths, protected)
-    sparsity = expected_sparsity(kept, lengths, batch["weights"], self.model_config)
+    sparsity = expected_sparsity(kept, lengths, batch["weights"], self.model_config,
+                                 self.choices["top_sparsity_mean"])
     target = cfg.top_target * warm
     gap = sparsity - target
     lagrangian = params["lagrangian"]

@@ -18,6 +18,7 @@ from tpjax.models import precision
 from tpjax.models import pretrained
 from tpjax.pruning import base as pruning_base
 from tpjax.pruning import registry
+from tpjax.pruning import top
 
 
 class ConfigError(ValueError):
@@ -81,6 +82,11 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
     value = data[field]
     need(value is None or (_is_int(value) and value >= 1), f"data.{field}",
          "None for all, or an integer of at least 1")
+  need(_is_number(data.selection_fraction) and 0 <= data.selection_fraction < 1,
+       "data.selection_fraction", "a number from 0 (select on dev) up to, not including, 1")
+  need(_is_int(data.selection_max_examples) and data.selection_max_examples >= 0,
+       "data.selection_max_examples", "0 for no cap, or a positive count")
+  need(_is_int(data.selection_seed), "data.selection_seed", "an integer")
   need(all(_is_int(b) and b >= 1 for b in data.buckets), "data.buckets",
        "positive token lengths")
   if _is_int(data.max_length) and data.max_length >= 2:
@@ -93,6 +99,16 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
            f"2 to {positions}, the positions of model {config.model.name}")
   else:
     need(False, "data.max_length", "an integer of at least 2")
+
+  if config.pruning.method == "top":
+    first = config.pruning.get("top_first_layer")
+    need(_is_int(first) and first >= 1, "pruning.top_first_layer",
+         "an integer of at least 1: layer 0 never prunes, as in the ToP reference, whose "
+         "prune locations start at 2 using layer 1's scores")
+    try:
+      top.resolve(config.pruning)
+    except ValueError as err:
+      found.append(f"config.{err}".rstrip("."))
 
   train = config.train
   need(_is_number(train.warmup_ratio) and 0 <= train.warmup_ratio <= 1,

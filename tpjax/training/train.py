@@ -3,6 +3,10 @@
 A run is a sequence of stages (`config.stages`, e.g. finetune -> soft -> hard), each in
 its own sub-directory of the workdir with its own checkpoints; a finished stage is
 skipped on rerun and hands its best parameters to the next one.
+
+'Best' is judged on a seeded slice held out of the training set
+(`config.data.selection_fraction`), never on dev: dev is evaluated once per stage, at
+the parameters the stage hands over, and reported.
 """
 
 import dataclasses
@@ -282,6 +286,10 @@ class _FiniteGuard:
     self.pending = (step, {k: train_metrics[k] for k in ("loss", "grad_norm")})
 
 
+# The eval_data key of the held-out training slice that picks checkpoints.
+SELECTION = "selection"
+
+
 @dataclasses.dataclass
 class RunContext:
   """What every stage of a run shares."""
@@ -293,6 +301,15 @@ class RunContext:
   train_data: batching.Encoded
   eval_data: dict[str, batching.Encoded]
   mesh: Any
+
+  @property
+  def selection_split(self) -> str:
+    """The split that picks checkpoints: the held-out training slice, if the run has
+    one (`config.data.selection_fraction`), else the task's first dev split."""
+    if SELECTION in self.eval_data:
+      return SELECTION
+    return glue.TASKS[self.config.task].eval_splits[0]
+
 
 
 def flops_budget(settings: ml_collections.ConfigDict, start_flops: float,
@@ -331,11 +348,12 @@ def run_stage(ctx: RunContext, stage: str, init_params: dict,
     stage: one of `pruning_base.STAGES`.
     init_params: {'model': ..., 'pruning': ...} the stage starts from.
     teacher: frozen model parameters for a method that distils, or None.
-    start_flops: dev relative FLOPs of `init_params` (the previous stage's result),
-      for the stage's FLOPs budget and drift.
+    start_flops: relative FLOPs of `init_params` (the previous stage's result) on the
+      selection split, for the stage's FLOPs budget and drift.
   Returns:
     (the parameters handed to the next stage: best or last, per the stage's
-    `handover` setting; the stage summary with their dev metrics).
+    `handover` setting; the stage summary with their metrics on the selection split,
+    which picked them, and on dev, evaluated only here, once).
   """
   config, mesh, model = ctx.config, ctx.mesh, ctx.model
   stage_dir = os.path.join(ctx.workdir, stage)
@@ -382,7 +400,7 @@ def run_stage(ctx: RunContext, stage: str, init_params: dict,
   eval_fn = lambda params, split, step: evaluate(
       p_eval, params, ctx.eval_data[split], task, config, mesh, ctx.tokenizer.pad_token_id,
       model.config, where=f"Stage {stage}, step {step}, {split}")
-  main_split = info.eval_splits[0]
+  select_split = ctx.selection_split
   reporter = run_log.Reporter(stage_dir, enabled=is_main)
   base_rng = jax.random.PRNGKey(config.seed + 1)
   step = int(state.step)
@@ -391,9 +409,9 @@ def run_stage(ctx: RunContext, stage: str, init_params: dict,
   budget = flops_budget(settings, start_flops, config.train.flops_slack)
 
   def evaluate_and_keep_best(step):
-    result = eval_fn(state.params, main_split, step)
+    result = eval_fn(state.params, select_split, step)
     result.update(ctx.method.metrics(parallel.to_host(state.params["pruning"])))
-    reporter.write(step, f"eval_{main_split}", result)
+    reporter.write(step, f"eval_{select_split}", result)
     score = selection_score(result[info.metric], result["relative_flops"], budget)
     if ckpts.save_best(step, state, score):
       logging.info("New best %s %.4f at step %d (relative FLOPs %.4f).", info.metric,
@@ -447,12 +465,15 @@ def run_stage(ctx: RunContext, stage: str, init_params: dict,
   ckpts.close()
   handover = best.params if best is not None else state.params
   dev = {split: eval_fn(handover, split, step) for split in info.eval_splits}
-  end_flops = dev[main_split]["relative_flops"]
+  selected = (dev[select_split] if select_split in dev
+              else eval_fn(handover, select_split, step))
+  end_flops = selected["relative_flops"]
   if budget is not None and end_flops > budget:
     logging.warning("Stage %s: no checkpoint within the FLOPs budget %.4f; handing over "
                     "the one with the fewest FLOPs (%.4f).", stage, budget, end_flops)
   summary = {"stage": stage, "steps": total_steps, "epochs": settings.num_epochs,
              "handover": settings.handover, "flops_budget": budget,
+             "selection_split": select_split, "selection": selected,
              "start_relative_flops": start_flops,
              "flops_drift": end_flops - start_flops,
              # time of this invocation only: a resumed stage counts from the resume
@@ -492,8 +513,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   model, model_params, tokenizer = classifier.build(config, info.num_labels, rng)
   method = registry.get_method(config.pruning, model.config)
   train_data = batching.load_split(config, tokenizer, "train", config.data.max_train_examples)
+  train_data, held_out = batching.hold_out(
+      train_data, config.data.selection_fraction, config.data.selection_max_examples,
+      config.data.selection_seed)
   eval_data = {s: batching.load_split(config, tokenizer, s, config.data.max_eval_examples)
                for s in info.eval_splits}
+  if held_out is not None:
+    eval_data[SELECTION] = held_out
   logging.info("Task %s: %d train examples, devices %s, global batch %d.", config.task,
                len(train_data), mesh.devices.size,
                parallel.global_batch_size(config.data.per_device_batch_size, mesh))
@@ -514,11 +540,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     params, stages[stage] = run_stage(ctx, stage, params,
                                       teacher if stage != "finetune" else None,
                                       start_flops=start_flops)
-    start_flops = stages[stage]["dev"][info.eval_splits[0]]["relative_flops"]
+    start_flops = stages[stage]["selection"]["relative_flops"]
 
   last = stages[config.stages[-1]]
   summary = {"task": config.task, "method": method.name,
              "dev": last["dev"], "stages": stages,
+             "selection": {"split": ctx.selection_split,
+                           "fraction": config.data.selection_fraction,
+                           "max_examples": config.data.selection_max_examples,
+                           "seed": config.data.selection_seed,
+                           "examples": 0 if held_out is None else len(held_out),
+                           "train_examples": len(train_data),
+                           "metrics": last["selection"]},
              "wall_time_s": time.time() - start,
              "steps": sum(s["steps"] for s in stages.values()),
              "devices": int(mesh.devices.size),
