@@ -19,7 +19,8 @@ Training (the 'soft' stage; the unpruned fine-tuned model is the teacher):
          + alpha * max(0.01, 1 - warmup progress) * sum_{l in rank layers} rank loss
          + lambda1 (s - t) + lambda2 (s - t)^2
 
-with s the expected FLOPs sparsity from the gate probabilities on real lengths,
+with s the expected FLOPs sparsity from the gate probabilities on each example's real
+length (penalty per example, averaged over the global batch like the other terms),
 t the target ramped linearly from 0 over the warm-up, and the multipliers trained by
 gradient ascent. Inference ('hard') closes, per location, the bins with the smallest
 probabilities; how many is `closed_bins`'s rule (the reference's, or the expected
@@ -109,23 +110,26 @@ def expected_kept(layer_prob: jax.Array, bin_prob: jax.Array, lengths: jax.Array
   return protected[:, None] + (lengths - protected)[:, None] * rho[None, :]
 
 
-def expected_sparsity(kept: jax.Array, lengths: jax.Array, weights: jax.Array,
+def expected_sparsity(kept: jax.Array, lengths: jax.Array,
                       model_config: config_lib.EncoderConfig) -> jax.Array:
-  """1 - (weighted) pruned MACs / unpruned MACs on real lengths (flops.py formula).
+  """Per example, 1 - pruned MACs / unpruned MACs on its real length (flops.py formula).
+
+  Per example, not a ratio of batch sums: the training loss averages it over the
+  global batch, so any device count gives the same value (the reference's mean of
+  per-example ratios).
 
   Args:
     kept: <float32>[batch, layers] tokens left after each layer's decision.
     lengths: <float32>[batch].
-    weights: <float32>[batch] example weights (0 for padding rows).
     model_config: the encoder's sizes.
   Returns:
-    <float32>[].
+    <float32>[batch].
   """
   h, ff = model_config.hidden_size, model_config.intermediate_size
   entering = jnp.concatenate([lengths[:, None], kept[:, :-1]], axis=1)
   pruned = jnp.sum(flops.mac_formula(entering, kept, h, ff), axis=-1)
   full = kept.shape[1] * flops.mac_formula(lengths, lengths, h, ff)
-  return 1.0 - jnp.sum(weights * pruned) / jnp.maximum(jnp.sum(weights * full), 1e-9)
+  return 1.0 - pruned / jnp.maximum(full, 1e-9)
 
 
 def distillation_loss(student: jax.Array, teacher: jax.Array,
@@ -250,16 +254,18 @@ class ToPMethod(base.Method):
     protected = jnp.sum(encoder_lib.protected_tokens(real, batch["token_type_ids"]),
                         axis=-1).astype(jnp.float32)
     kept = expected_kept(layer_prob, bin_prob, lengths, protected)
-    sparsity = expected_sparsity(kept, lengths, batch["weights"], self.model_config)
+    sparsity = expected_sparsity(kept, lengths, self.model_config)
     target = cfg.top_target * warm
+    # Per example too, so the penalty is the same on any device count; the mean of
+    # (s_i - t)^2 exceeds (mean s - t)^2 by the variance of s_i across the batch.
     gap = sparsity - target
     lagrangian = params["lagrangian"]
     penalty = lagrangian["lambda1"] * gap + lagrangian["lambda2"] * gap**2
 
     ones = jnp.ones_like(distill)
-    loss = distill + rank_weight * rank + penalty * ones
-    return loss, {"distill": distill, "ranking": rank, "expected_sparsity": sparsity * ones,
-                  "target_sparsity": target * ones, "lagrangian": penalty * ones,
+    loss = distill + rank_weight * rank + penalty
+    return loss, {"distill": distill, "ranking": rank, "expected_sparsity": sparsity,
+                  "target_sparsity": target * ones, "lagrangian": penalty,
                   "lambda1": lagrangian["lambda1"] * ones,
                   "lambda2": lagrangian["lambda2"] * ones}
 
