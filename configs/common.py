@@ -37,6 +37,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   # pretrained weights; its finetune stage is then usually left out of `stages`.
   config.init_from = ""
   config.distributed = False  # jax.distributed.initialize() for multi-host jobs
+  # Multi-host without a cluster JAX detects: process 0's 'host:port', the process
+  # count and this process's index. '' lets JAX detect all three (GPU cluster, TPU pod).
+  config.coordinator_address = ""
+  config.num_processes = 0
+  config.process_id = 0
   config.num_devices = 0      # 0: all devices
 
   config.model = ml_collections.ConfigDict()

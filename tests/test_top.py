@@ -1,6 +1,7 @@
 """ToP: hard-concrete gates, ranking loss, FLOPs expectation, multipliers, a tiny run,
 and compacted inference."""
 
+import functools
 import math
 
 import jax
@@ -10,6 +11,7 @@ import pytest
 
 from configs import tiny
 from tests import helpers
+from tpjax.training import parallel
 from tpjax.training import train
 from tpjax.inference import engine as engine_lib
 from tpjax.models import classifier
@@ -112,7 +114,6 @@ def test_expected_flops_equals_brute_force_with_binary_gates(tiny_top):
   out = train.eval_step(params, batch, model=model, method=method, stage="hard")
   lengths, kept = np.asarray(out["length"]), np.asarray(out["kept"])
   np.testing.assert_array_equal(kept, [[10, 6, 6, 4], [6, 4, 4, 3]])
-  brute = flops.summarize(lengths, kept, model.config)["relative_flops"]
 
   layer_prob = jnp.array(layer_open, jnp.float32)
   bin_prob = jnp.ones((4, 4)).at[jnp.array([0, 0, 1, 1, 2, 2, 3, 3]),
@@ -120,9 +121,14 @@ def test_expected_flops_equals_brute_force_with_binary_gates(tiny_top):
   n = jnp.asarray(lengths, jnp.float32)
   expected = top.expected_kept(layer_prob, bin_prob, n, jnp.array([2.0, 2.0]))
   np.testing.assert_allclose(expected, kept)
-  # relative FLOPs are a ratio of sums: the 'tokens' mean is the same number
-  sparsity = top.expected_sparsity(expected, n, jnp.ones(2), model.config, "tokens")
-  assert 1.0 - float(sparsity) == pytest.approx(brute, rel=1e-5)
+  sparsity = top.expected_sparsity(expected, n, jnp.ones(2), model.config)
+  for i in range(2):  # per example
+    brute = flops.summarize(lengths[i:i + 1], kept[i:i + 1], model.config)
+    assert 1.0 - float(sparsity[i]) == pytest.approx(brute["relative_flops"], rel=1e-5)
+  # relative FLOPs of the batch are a ratio of sums: the 'tokens' mean is that number
+  tokens = top.expected_sparsity(expected, n, jnp.ones(2), model.config, "tokens")
+  brute = flops.summarize(lengths, kept, model.config)
+  assert 1.0 - float(tokens[0]) == pytest.approx(brute["relative_flops"], rel=1e-5)
 
 
 def test_closed_bins_rules():
@@ -163,6 +169,40 @@ def test_train_step_moves_multipliers_by_ascent(tiny_top):
   np.testing.assert_array_equal(emb(new.params), emb(params))
   dense = lambda p: p["model"]["classifier"]["kernel"]
   assert np.abs(dense(new.params) - dense(params)).max() > 0
+
+
+def test_sparsity_penalty_is_the_same_on_1_and_8_devices(tiny_top):
+  model, model_params, tokenizer, method = tiny_top
+  config = _top_config(top_bins=4, top_target=0.5, top_warmup=0.0)
+  settings = config.stage_settings.soft
+  tx = train.make_optimizer(settings, config.train, 10,
+                            method.pruning_optimizer(settings, config.train, 10))
+  pruning = method.init_params(None)
+  # Gates half-open, so the expected sparsity is well above 0 and depends on length.
+  pruning["gates"]["layer"] = jnp.linspace(-1.0, 1.0, 4)
+  pruning["gates"]["bins"] = jnp.tile(jnp.linspace(-3.0, 3.0, 4), (4, 1))
+  pruning["lagrangian"] = {"lambda1": jnp.float32(0.5), "lambda2": jnp.float32(4.0)}
+  # Short and long rows land on different devices; the last row is padding.
+  batch = dict(tokenizer(helpers.PRUNING_TEXTS, length=32),
+               labels=np.array([1, 0, 0, 1, 0, 0, 1, 1]),
+               weights=np.array([1, 1, 1, 1, 1, 1, 1, 0], np.float32))
+  metrics = {}
+  for devices in (1, 8):
+    mesh = parallel.make_mesh(devices)
+    params = jax.tree.map(jnp.copy, {"model": model_params, "pruning": pruning})
+    state = parallel.replicate(train.TrainState(
+        step=jnp.array(5, jnp.int32), params=params, opt_state=tx.init(params)), mesh)
+    step = parallel.data_parallel_train_step(functools.partial(
+        train.train_step, model=model, tx=tx, method=method, stage="soft",
+        total_steps=10), mesh)
+    teacher = parallel.replicate(jax.tree.map(jnp.copy, model_params), mesh)
+    _, out = step(state, parallel.shard_batch(batch, mesh), jax.random.PRNGKey(0), teacher)
+    metrics[devices] = {k: float(out[k]) for k in ("expected_sparsity", "lagrangian")}
+  diff = max(abs(metrics[1][k] - metrics[8][k]) for k in metrics[1])
+  print(f"ToP penalty terms on 1 and 8 devices: {metrics}, max difference {diff:.2e}")
+  assert 0.05 < metrics[1]["expected_sparsity"] < 0.9
+  assert metrics[1]["lagrangian"] != 0.0
+  assert diff <= 1e-6
 
 
 def test_tiny_run_meets_its_sparsity_target(tmp_path):
@@ -334,22 +374,24 @@ def test_layer_gate_and_cumulative_mask(tiny_top, monkeypatch, variant, expected
   assert float(jnp.abs(grad[1])) > 1e-3 and float(jnp.abs(grad[0])) == 0.0
 
 
-def test_expected_sparsity_is_a_mean_of_per_example_ratios(tiny_top):
+def test_expected_sparsity_is_per_example_so_any_split_agrees(tiny_top):
   model_config = tiny_top[0].config
   lengths = jnp.array([10.0, 40.0, 25.0, 7.0])
   kept = jnp.array([[10, 5, 5, 4], [30, 20, 10, 10], [25, 25, 12, 6], [7, 7, 7, 7]],
                    jnp.float32)
   weights = jnp.array([1.0, 1.0, 1.0, 0.0])  # the last row is padding
   each = [float(top.expected_sparsity(kept[i:i + 1], lengths[i:i + 1], jnp.ones(1),
-                                      model_config)) for i in range(3)]
-  whole = float(top.expected_sparsity(kept, lengths, weights, model_config))
-  assert whole == pytest.approx(np.mean(each), rel=1e-6)
-  # so the batch's value is the example-weighted mean of any split's (devices)
-  halves = [top.expected_sparsity(kept[s], lengths[s], weights[s], model_config)
-            for s in (slice(0, 1), slice(1, 4))]
-  assert whole == pytest.approx(float(halves[0] * 1 + halves[1] * 2) / 3, rel=1e-6)
-  tokens = float(top.expected_sparsity(kept, lengths, weights, model_config, "tokens"))
-  assert abs(tokens - whole) > 1e-3  # the ratio of sums is another number
+                                      model_config)[0]) for i in range(4)]
+  whole = top.expected_sparsity(kept, lengths, weights, model_config)
+  np.testing.assert_allclose(whole, each, rtol=1e-6)
+  # a device holding any slice computes the same per-example values
+  halves = jnp.concatenate([top.expected_sparsity(kept[s], lengths[s], weights[s],
+                                                  model_config)
+                            for s in (slice(0, 1), slice(1, 4))])
+  np.testing.assert_allclose(halves, whole, rtol=1e-6)
+  tokens = top.expected_sparsity(kept, lengths, weights, model_config, "tokens")
+  assert float(jnp.ptp(tokens)) == 0.0  # one number for the device's batch
+  assert abs(float(tokens[0]) - np.mean(each[:3])) > 1e-3  # the ratio of sums differs
 
 
 def test_soft_loss_terms(tiny_top):

@@ -17,9 +17,11 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
 
 from tpjax.training import config_checks
+from tpjax.training import parallel
 from tpjax.training import train
 from tpjax.data import glue
 from tpjax.models import pretrained
@@ -72,7 +74,11 @@ def main(argv):
   workdir = _WORKDIR.value or os.path.join(
       "runs", os.path.splitext(os.path.basename(config_path))[0])
   _make_workdir(workdir)
-  logging.get_absl_handler().use_absl_log_file("train", workdir)
+  # Joined before the log opens: each process of a multi-host job logs to its own file.
+  parallel.maybe_initialize_distributed(config)
+  process = jax.process_index()
+  logging.get_absl_handler().use_absl_log_file(
+      "train" if process == 0 else f"train-process{process}", workdir)
   data = glue.describe_source(config.task, config.data.glue_dir or None,
                               config.data.source)
   lines = [f"Data: {data}", f"Model: {describe_model(config)}",

@@ -19,7 +19,8 @@ Training (the 'soft' stage; the unpruned fine-tuned model is the teacher):
          + alpha * max(0.01, 1 - warmup progress) * sum_{l in rank layers} rank loss
          + lambda1 (s - t) + lambda2 (s - t)^2
 
-with s the expected FLOPs sparsity from the gate probabilities on real lengths,
+with s the expected FLOPs sparsity from the gate probabilities on each example's real
+length (penalty per example, averaged over the global batch like the other terms),
 t the target ramped linearly from 0 over the warm-up, and the multipliers trained by
 gradient ascent. Inference ('hard') closes, per location, the bins with the smallest
 probabilities; how many is `closed_bins`'s rule (the reference's, or the expected
@@ -191,28 +192,29 @@ def expected_kept(layer_prob: jax.Array, bin_prob: jax.Array, lengths: jax.Array
 def expected_sparsity(kept: jax.Array, lengths: jax.Array, weights: jax.Array,
                       model_config: config_lib.EncoderConfig,
                       mean: str = "examples") -> jax.Array:
-  """1 - pruned MACs / unpruned MACs on real lengths (flops.py formula), over a batch.
+  """Per example, 1 - pruned MACs / unpruned MACs on real lengths (flops.py formula).
 
   Args:
     kept: <float32>[batch, layers] tokens left after each layer's decision.
     lengths: <float32>[batch].
     weights: <float32>[batch] example weights (0 for padding rows).
     model_config: the encoder's sizes.
-    mean: 'examples': the weighted mean of per-example sparsities (reference); the
-      weighted mean of per-device values is then the global batch's value. 'tokens':
-      1 - sum of pruned MACs / sum of unpruned MACs (long examples weigh more).
+    mean: 'examples' (reference): each example's own ratio; the loss averages it, and
+      the penalty on it, over the global batch, so any device count gives the same
+      value. 'tokens': one ratio of this device's sums (long examples weigh more, and
+      the value depends on how the batch is split), the same for every example.
   Returns:
-    <float32>[].
+    <float32>[batch].
   """
   h, ff = model_config.hidden_size, model_config.intermediate_size
   entering = jnp.concatenate([lengths[:, None], kept[:, :-1]], axis=1)
   pruned = jnp.sum(flops.mac_formula(entering, kept, h, ff), axis=-1)
   full = kept.shape[1] * flops.mac_formula(lengths, lengths, h, ff)
   if mean == "examples":
-    ratio = pruned / jnp.maximum(full, 1e-9)
-    return 1.0 - jnp.sum(weights * ratio) / jnp.maximum(jnp.sum(weights), 1e-9)
+    return 1.0 - pruned / jnp.maximum(full, 1e-9)
   if mean == "tokens":
-    return 1.0 - jnp.sum(weights * pruned) / jnp.maximum(jnp.sum(weights * full), 1e-9)
+    ratio = jnp.sum(weights * pruned) / jnp.maximum(jnp.sum(weights * full), 1e-9)
+    return jnp.broadcast_to(1.0 - ratio, lengths.shape)
   raise ValueError(f"top_sparsity_mean {mean!r} is not 'examples' or 'tokens'.")
 
 
@@ -376,14 +378,16 @@ class ToPMethod(base.Method):
     sparsity = expected_sparsity(kept, lengths, batch["weights"], self.model_config,
                                  self.choices["top_sparsity_mean"])
     target = cfg.top_target * warm
+    # Per example too, so the penalty is the same on any device count; the mean of
+    # (s_i - t)^2 exceeds (mean s - t)^2 by the variance of s_i across the batch.
     gap = sparsity - target
     lagrangian = params["lagrangian"]
     penalty = lagrangian["lambda1"] * gap + lagrangian["lambda2"] * gap**2
 
     ones = jnp.ones_like(distill)
-    loss = distill + rank_weight * rank + penalty * ones
-    return loss, {"distill": distill, "ranking": rank, "expected_sparsity": sparsity * ones,
-                  "target_sparsity": target * ones, "lagrangian": penalty * ones,
+    loss = distill + rank_weight * rank + penalty
+    return loss, {"distill": distill, "ranking": rank, "expected_sparsity": sparsity,
+                  "target_sparsity": target * ones, "lagrangian": penalty,
                   "lambda1": lagrangian["lambda1"] * ones,
                   "lambda2": lagrangian["lambda2"] * ones}
 

@@ -26,6 +26,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from tpjax.training import errors
+from tpjax.training import parallel
 
 CHECKSUMS = "checksums.json"
 
@@ -63,7 +64,7 @@ def _digest(step_dir: str) -> dict[str, str]:
 
 def write_checksums(directory: str, step: int) -> None:
   """Records the checksums of `directory/<step>` (the only step kept there)."""
-  if jax.process_index() != 0:  # one writer on a shared file system
+  if not parallel.is_main_process():  # one writer on a shared file system
     return
   record = {"step": step, "files": _digest(os.path.join(directory, str(step)))}
   tmp = os.path.join(directory, CHECKSUMS + ".tmp")
@@ -98,6 +99,23 @@ def verify(directory: str, step: int) -> Optional[str]:
   return None
 
 
+def _saved_tree(directory: str, step: int) -> Any:
+  """The saved arrays' shapes and dtypes, placed on this process's first device.
+
+  Restoring needs a target once the checkpoint comes from another topology (a
+  multi-host run read on one host): orbax refuses to guess the devices.
+  """
+  reader = ocp.CheckpointManager(os.path.abspath(directory),
+                                 item_handlers=ocp.StandardCheckpointHandler(),
+                                 options=ocp.CheckpointManagerOptions(create=False))
+  metadata = reader.item_metadata(step)
+  reader.close()
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  tree = getattr(metadata, "tree", metadata)
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                      tree)
+
+
 def _restore(manager: ocp.CheckpointManager, directory: str,
              target: Any) -> tuple[Optional[Any], Optional[int], Optional[str]]:
   """(state, step, None), (None, None, None) without a step, or (None, step, problem)."""
@@ -107,6 +125,8 @@ def _restore(manager: ocp.CheckpointManager, directory: str,
   problem = verify(directory, step)
   if problem is None:
     try:
+      if target is None:
+        target = _saved_tree(directory, step)
       return manager.restore(step, args=ocp.args.StandardRestore(target)), step, None
     except Exception as err:  # pylint: disable=broad-except
       # Orbax's errors for a damaged file run to hundreds of lines; one is enough.
@@ -130,6 +150,7 @@ class StageCheckpoints:
     self._best_json = os.path.join(self._best_dir, "best.json")
     self.latest = None if read_only else _manager(self._latest_dir)
     self.best = None
+    self._best_metric = None
     if not read_only:
       self.best = _manager(self._best_dir)
     elif os.path.isdir(self._best_dir):
@@ -154,7 +175,9 @@ class StageCheckpoints:
     if problem is None:
       return state
     aside = f"{self._latest_dir}.corrupt-{step}"
-    os.replace(os.path.join(self._latest_dir, str(step)), aside)
+    if parallel.is_main_process():
+      os.replace(os.path.join(self._latest_dir, str(step)), aside)
+    parallel.sync(f"set aside {aside}")
     self.latest.close()
     self.latest = _manager(self._latest_dir)
     best, best_step, best_problem = _restore(self.best, self._best_dir, target)
@@ -172,12 +195,17 @@ class StageCheckpoints:
     return best
 
   def best_metric(self) -> Optional[float]:
+    """The dev metric of the best checkpoint; read from disk once, then kept, so every
+    process of a multi-host job decides alike without waiting for process 0's write."""
+    if self._best_metric is not None:
+      return self._best_metric
     step = self.best.latest_step() if self.best else None
     if step is None or not os.path.exists(self._best_json):
       return None
     with open(self._best_json) as f:
       record = json.load(f)
-    return record["dev_metric"] if record["step"] == step else None
+    self._best_metric = record["dev_metric"] if record["step"] == step else None
+    return self._best_metric
 
   def save_best(self, step: int, state: Any, dev_metric: float) -> bool:
     """Saves `state` if `dev_metric` beats the stored best. Returns whether it did."""
@@ -191,8 +219,10 @@ class StageCheckpoints:
       return False
     # (else: a kill came between this step's save and its records; complete them)
     write_checksums(self._best_dir, step)
-    with open(self._best_json, "w") as f:
-      json.dump({"step": step, "dev_metric": float(dev_metric)}, f)
+    self._best_metric = float(dev_metric)
+    if parallel.is_main_process():
+      with open(self._best_json, "w") as f:
+        json.dump({"step": step, "dev_metric": float(dev_metric)}, f)
     return True
 
   def restore_best(self, target: Any = None) -> Optional[Any]:

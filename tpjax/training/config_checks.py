@@ -67,6 +67,13 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
        f"a non-empty sequence of distinct names from {pruning_base.STAGES}")
   need(_is_int(config.num_devices) and config.num_devices >= 0, "num_devices",
        "0 for all devices, or a positive count")
+  if config.coordinator_address:
+    need(config.distributed, "distributed", "True with a coordinator_address")
+    need(_is_int(config.num_processes) and config.num_processes >= 1, "num_processes",
+         "the number of processes, at least 1, with a coordinator_address")
+    need(_is_int(config.process_id) and 0 <= config.process_id < max(
+        config.num_processes if _is_int(config.num_processes) else 1, 1), "process_id",
+         "this process's index, from 0 to num_processes - 1")
   need(config.pruning.method in registry.METHODS, "pruning.method",
        f"one of {', '.join(registry.METHODS)}")
   need(config.data.source in ("auto", "tsv", "tfds"), "data.source", "auto, tsv or tfds")
@@ -162,9 +169,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError("; ".join(found) + ".")
 
 
-def validate_devices(config: ml_collections.ConfigDict, available: int) -> None:
-  """Raises ConfigError if `config.num_devices` asks for more devices than exist."""
+def validate_devices(config: ml_collections.ConfigDict, available: int,
+                     processes: int = 1) -> None:
+  """Raises ConfigError if `config.num_devices` asks for more devices than exist, or
+  for fewer than all of a multi-process job's (each process must own mesh devices)."""
   if config.num_devices > available:
     raise ConfigError(f"config.num_devices={config.num_devices} is not allowed (0 for "
                       f"all, or at most the {available} device(s) present).")
-
+  if processes > 1 and config.num_devices not in (0, available):
+    raise ConfigError(f"config.num_devices={config.num_devices} is not allowed (0 or "
+                      f"{available}: a job of {processes} processes uses every device).")

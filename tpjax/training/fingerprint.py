@@ -17,6 +17,7 @@ from absl import logging
 import ml_collections
 
 from tpjax.models import precision
+from tpjax.training import parallel
 
 FILE = "fingerprint.json"
 
@@ -24,6 +25,7 @@ FILE = "fingerprint.json"
 # eval batch size, which only groups examples); the global batch is recorded instead.
 _IGNORED = ("data.glue_dir", "data.source", "data.per_device_batch_size",
             "data.per_device_eval_batch_size", "num_devices", "distributed",
+            "coordinator_address", "num_processes", "process_id",
             "train.progress_bar", "train.log_every_steps",
             "train.checkpoint_every_steps", "stages", "stage_settings")
 
@@ -139,9 +141,10 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str, devices: int,
     first = list(config.stages).index(differing[0][0])
     for stage in config.stages[first:]:
       stage_dir = os.path.join(workdir, stage)
-      if os.path.isdir(stage_dir):
+      if os.path.isdir(stage_dir) and parallel.is_main_process():
         logging.warning("--overwrite: deleting %s.", stage_dir)
         shutil.rmtree(stage_dir)
+    parallel.sync("overwrite")
     return
   stage, keys, theirs, ours = differing[0]
   shown = ", ".join(f"{k}: {_show(theirs.get(k, '(absent)'))} there, "

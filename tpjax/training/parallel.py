@@ -16,12 +16,43 @@ import numpy as np
 AXIS = "batch"
 
 
-def maybe_initialize_distributed(enabled: bool) -> None:
-  """Joins a multi-host job (coordinator settings come from the environment)."""
-  if enabled:
+def maybe_initialize_distributed(config) -> None:
+  """Joins a multi-host job when `config.distributed` is set (once per process).
+
+  With `config.coordinator_address` ('host:port' of process 0) the process count and
+  this process's index come from the config; without it JAX detects all three (SLURM
+  or Open MPI on GPU clusters, the TPU pod slice's metadata).
+  """
+  if not config.distributed or jax.distributed.is_initialized():
+    return
+  if config.coordinator_address:
+    jax.distributed.initialize(coordinator_address=config.coordinator_address,
+                               num_processes=config.num_processes,
+                               process_id=config.process_id)
+  else:
     jax.distributed.initialize()
-    logging.info("Process %d of %d, %d local devices.", jax.process_index(),
-                 jax.process_count(), jax.local_device_count())
+  logging.info("Process %d of %d, %d local devices.", jax.process_index(),
+               jax.process_count(), jax.local_device_count())
+
+
+def is_main_process() -> bool:
+  """Whether this process writes what is shared: checkpoint records, logs, summaries."""
+  return jax.process_index() == 0
+
+
+def sync(name: str) -> None:
+  """Waits until every process reaches the barrier `name` (no-op on one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
+
+
+def any_process(flag: bool) -> bool:
+  """True on every process when `flag` is true on any (each must call it in step)."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.any(multihost_utils.process_allgather(np.array(flag))))
 
 
 def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
@@ -30,6 +61,12 @@ def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
 
 
 def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+  """`tree` on every device of `mesh`; each process must pass the same values."""
+  if jax.process_count() > 1:
+    # An array committed to one local device (as orbax restores one) would need a
+    # cross-host transfer; from host memory each process places its own copies.
+    tree = jax.tree.map(lambda x: np.asarray(x) if isinstance(x, jax.Array)
+                        and x.is_fully_addressable else x, tree)
   return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
@@ -78,9 +115,15 @@ def global_batch_size(per_device: int, mesh: jax.sharding.Mesh) -> int:
 
 
 def to_host(tree: Any) -> Any:
-  """Fetches (and, across hosts, gathers) arrays as numpy."""
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    tree = multihost_utils.process_allgather(tree)
-  return jax.tree.map(np.asarray, tree)
+  """Fetches arrays as numpy; across hosts, a sharded array is gathered whole.
 
+  Every process must call it with the same tree (the gathers are collectives).
+  """
+  def fetch(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+      return np.asarray(x)
+    if x.is_fully_replicated:  # this process's copy is the value
+      return np.asarray(x.addressable_data(0))
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return jax.tree.map(fetch, tree)

@@ -450,7 +450,8 @@ def run_stage(ctx: RunContext, stage: str, init_params: dict,
             evaluate_and_keep_best(step)
           if step % config.train.checkpoint_every_steps == 0 or step == total_steps:
             ckpts.save_latest(step, state)
-          if stop.requested:
+          # Every process stops at the same step, so all of them save it (a collective).
+          if parallel.any_process(stop.requested):
             guard.check(state.params)
             ckpts.save_latest(step, state)
             raise Interrupted(f"Stopped at step {step} of stage {stage}; rerun the same "
@@ -500,8 +501,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       raise ValueError(f"Unknown stage {stage!r}; expected one of {pruning_base.STAGES}.")
   config_checks.validate(config)
   os.makedirs(workdir, exist_ok=True)
-  parallel.maybe_initialize_distributed(config.distributed)
-  config_checks.validate_devices(config, jax.device_count())
+  parallel.maybe_initialize_distributed(config)
+  config_checks.validate_devices(config, jax.device_count(), jax.process_count())
   start = time.time()
   info = glue.TASKS[config.task]
   mesh = parallel.make_mesh(config.num_devices)
