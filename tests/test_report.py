@@ -1,7 +1,9 @@
-"""README's results tables are exactly what benchmarks/results/*.json say."""
+"""The tables of README and docs/ are exactly what benchmarks/results/*.json say."""
 
+import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,30 +18,81 @@ _README = os.path.join(_ROOT, "README.md")
 _RESULTS = os.path.join(_ROOT, result_files.DEFAULT_DIR)
 
 
-def _readme() -> str:
-  with open(_README, encoding="utf-8") as f:
+# Pages README links to that another change adds.
+_PENDING_PAGES = {"docs/precision.md"}
+
+
+def _read(path: str) -> str:
+  with open(path, encoding="utf-8") as f:
     return f.read()
 
 
-def test_readme_tables_match_the_json():
-  text = _readme()
-  assert text.count("<!-- report:") >= 4
-  stale = tables.stale_tables(text, _RESULTS)
-  assert not stale, f"README tables {stale} are stale: run python -m tpjax.report"
+def _readme() -> str:
+  return _read(_README)
 
 
-def test_every_curve_sweep_and_benchmark_has_a_table():
-  text = _readme()
+def _pages() -> list:
+  return [_README] + sorted(glob.glob(os.path.join(_ROOT, "docs", "*.md")))
+
+
+def test_tables_of_readme_and_docs_match_the_json():
+  total = 0
+  for page in _pages():
+    text = _read(page)
+    total += text.count("<!-- report:")
+    stale = tables.stale_tables(text, _RESULTS)
+    assert not stale, f"{page}: tables {stale} are stale: run python -m tpjax.report"
+  assert total >= 15
+
+
+def test_report_check_passes_over_readme_and_docs():
+  check = subprocess.run([sys.executable, "-m", "tpjax.report", "--check"],
+                         capture_output=True, text=True, cwd=_ROOT)
+  assert check.returncode == 0, check.stderr
+  assert f"{len(_pages())} pages" in check.stdout
+
+
+def test_every_result_file_of_a_known_kind_has_a_table():
+  text = "".join(_read(page) for page in _pages())
   for name, data in result_files.read_all(_RESULTS).items():
-    if result_files.is_curve(data) or result_files.is_inference(data):
+    if result_files.kind_of(data):
       assert f"<!-- report:{name} -->" in text, name
+
+
+def test_headline_table_is_in_readme():
+  assert "<!-- report:headline.json -->" in _readme()
+
+
+def test_readme_links_resolve_and_reach_every_docs_page():
+  text = _readme()
+  links = set(re.findall(r"\]\(([^)#]+)\)", text))
+  for link in links - _PENDING_PAGES:
+    if not link.startswith("http"):
+      assert os.path.exists(os.path.join(_ROOT, link)), link
+  for page in glob.glob(os.path.join(_ROOT, "docs", "*.md")):
+    assert os.path.relpath(page, _ROOT) in links, page
+
+
+def test_docs_links_resolve():
+  for page in glob.glob(os.path.join(_ROOT, "docs", "*.md")):
+    for link in re.findall(r"\]\(([^)#]+)\)", _read(page)):
+      if not link.startswith("http"):
+        target = os.path.normpath(os.path.join(os.path.dirname(page), link))
+        assert os.path.exists(target), (page, link)
+
+
+def test_pages_speak_of_the_project_only():
+  for page in _pages():
+    text = _read(page)
+    assert "/work/" not in text, page
+    assert not re.search(r"\b[Ii]ssues? \d", text), page
 
 
 def test_a_changed_measurement_makes_the_check_fail(tmp_path):
   shutil.copytree(_RESULTS, tmp_path / "results")
-  readme = tmp_path / "README.md"
-  shutil.copy(_README, readme)
-  command = [sys.executable, "-m", "tpjax.report", f"--readme={readme}",
+  readme = tmp_path / "benchmarks.md"  # the page with the benchmark tables
+  shutil.copy(os.path.join(_ROOT, "docs", "benchmarks.md"), readme)
+  command = [sys.executable, "-m", "tpjax.report", f"--pages={readme}",
              f"--results={tmp_path / 'results'}"]
   measured = sorted(result_files.inference_results(str(tmp_path / "results")))
   name = measured[0] if measured else "inference_made_up.json"

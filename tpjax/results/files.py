@@ -1,11 +1,23 @@
 """Reads the measurements in benchmarks/results/*.json for plots and README tables.
 
-Three kinds of file are understood:
-  curve    `benchmarks/plot_curve.py` output: the unpruned run, LTP runs and top-k
-           runs, each with dev accuracy and relative FLOPs;
-  sweep    `benchmarks/prune_sweep.py` output: training-free pruning of one run;
-  inference  `python -m tpjax.benchmark` output: throughput and latency per system.
-Files of other shapes are skipped, so new result kinds never break the readers.
+Each file's kind is told by a key only that kind has (`kind_of`):
+  curve      `benchmarks/plot_curve.py`: the unpruned run and trained runs, each with
+             dev accuracy and relative FLOPs ("baseline" and "ltp");
+  sweep      `benchmarks/prune_sweep.py`: training-free pruning of one run ("rows" and
+             "method");
+  inference  `python -m tpjax.benchmark`: throughput and latency per system ("systems");
+  ratios     `benchmarks/sdtp_sweep.py`: one trained SDTP run at other keep ratios
+             ("points");
+  rules      `benchmarks/top_rules.py`: one ToP run under both inference rules ("rows"
+             whose entries have "rule");
+  decoder_speed          `benchmarks/decoder_speed.py` ("decode_prompt_tokens");
+  sdtp_decoder_quality   `benchmarks/sdtp_decoder_quality.py` ("continuation");
+  sdtp_decoder_speed     `benchmarks/sdtp_decoder_speed.py` ("schedule" and "summary");
+  engine_designs         `benchmarks/engine_designs.py` ("best_ms");
+  train_speed            `benchmarks/train_speed.py` ("checkouts");
+  headline   not a measurement: the runs README's headline table shows ("headline").
+Files of other shapes are skipped by the plots, so new result kinds never break them;
+a README table of an unknown kind is an error.
 """
 
 import dataclasses
@@ -69,6 +81,38 @@ def is_sweep(data) -> bool:
 
 def is_inference(data) -> bool:
   return isinstance(data, dict) and "systems" in data and "task" in data
+
+
+def is_ratio_sweep(data) -> bool:
+  return isinstance(data, dict) and "points" in data and "workdir" in data
+
+
+def is_rules(data) -> bool:
+  return (isinstance(data, dict) and isinstance(data.get("rows"), list)
+          and bool(data["rows"]) and "rule" in data["rows"][0])
+
+
+def kind_of(data) -> str:
+  """The kind of a result file (see the module docstring), or '' when unknown."""
+  if not isinstance(data, dict):
+    return ""
+  if is_curve(data):
+    return "curve"
+  if is_sweep(data):
+    return "sweep"
+  if is_inference(data):
+    return "inference"
+  if is_rules(data):
+    return "rules"
+  for kind, key in (("headline", "headline"), ("ratios", "points"),
+                    ("decoder_speed", "decode_prompt_tokens"),
+                    ("sdtp_decoder_quality", "continuation"),
+                    ("engine_designs", "best_ms"), ("train_speed", "checkouts")):
+    if key in data:
+      return kind
+  if "schedule" in data and "summary" in data:
+    return "sdtp_decoder_speed"
+  return ""
 
 
 # Curve-file keys holding trained runs, and their series names; the file's
@@ -175,6 +219,8 @@ def system_name(name: str, result: dict) -> str:
 def describe_inference(result: dict) -> str:
   """A title for one benchmark, e.g. 'SST-2 dev (872), run sst2_ltp (ltp), 0.622 FLOPs'.
 
+  The engine version is added when the file records it ("engine").
+
   Args:
     result: A `tpjax.benchmark` result.
 
@@ -187,4 +233,5 @@ def describe_inference(result: dict) -> str:
   run = os.path.basename(os.path.normpath(result["workdir"]))
   text = f"{task} {split} ({result['examples']}), run {run} ({result['method']})"
   flops = result.get("pruning", {}).get("relative_flops")
-  return text + (f", {flops:.3f} FLOPs" if flops is not None else "")
+  text += f", {flops:.3f} FLOPs" if flops is not None else ""
+  return text + (f", engine {result['engine']}" if "engine" in result else "")

@@ -1,15 +1,23 @@
-"""README's results tables and pictures, generated from the JSON files.
+"""The results tables of README and docs/, and README's pictures, from the JSON files.
 
-Each generated table sits in README (or a page under docs/) between two marker
+Each generated table sits in README.md or a page under docs/ between two marker
 comments naming its file in benchmarks/results/:
 
     <!-- report:inference_sst2_ltp_lam0.05.json -->
     ...table...
     <!-- /report -->
 
-The file's kind picks the table (see tpjax/results/files.py): a curve file gives the
-trained runs' table (accuracy, drop, FLOPs, tokens kept per layer), a sweep file the
-training-free baseline table, a benchmark file the throughput and latency table.
+The file's kind (`files.kind_of`, told by a key only that kind has) picks the table:
+  curve      trained runs: accuracy, drop, FLOPs, tokens kept per layer; with the hard
+             stage's FLOPs budget when the runs record their soft stage's end;
+  sweep      training-free pruning of one run over a grid of settings;
+  inference  throughput and latency per system, then the per-round speed ratios;
+  ratios     one trained SDTP run at other keep ratios (accuracy, F1, tokens pruned);
+  rules      one ToP run's weights under both inference rules;
+  decoder_speed, sdtp_decoder_quality, sdtp_decoder_speed, engine_designs,
+  train_speed  one table each, from the script of the same name;
+  headline   method x task: baseline accuracy, drop, relative FLOPs and measured
+             speedup, each looked up in the curve and benchmark files.
 """
 
 import os
@@ -39,10 +47,38 @@ def _fractions(values: list) -> str:
   return ", ".join("1" if v >= 0.9995 else f"{v:.3f}".lstrip("0") for v in values)
 
 
+def _baseline_label(base: dict) -> str:
+  """'fine-tuned 0.5 epoch (sst2_ft), unpruned', from what the file records."""
+  epochs = base.get("epochs")
+  run = os.path.basename(os.path.normpath(base.get("workdir", "")))
+  text = "fine-tuned" + (f" {epochs:g} epoch{'s' * (epochs != 1)}" if epochs else "")
+  return text + (f" ({run})" if run else "") + ", unpruned"
+
+
+def _budget_table(data: dict) -> str:
+  """Soft stage's end against what the hard stage handed over, per LTP run."""
+  rows = []
+  for series, runs in result_files.curve_runs(data):
+    for p in runs:
+      if "soft_accuracy" not in p:
+        continue
+      wall = p.get("wall_time_s", {})
+      rows.append([f"{series} {result_files.setting_label(p)}".strip(),
+                   f"{_pct(p['soft_accuracy'])} / {p['soft_relative_flops']:.3f}",
+                   f"{_pct(p['accuracy'])} / {p['relative_flops']:.3f} "
+                   f"(drift {p.get('flops_drift', 0):+.3f})",
+                   f"{wall.get('soft', '-')} + {wall.get('hard', '-')} s"])
+  if not rows:
+    return ""
+  return "\n" + _table(["run", "soft end: accuracy / FLOPs",
+                        "hard, handed over: accuracy / FLOPs",
+                        "wall time soft + hard"], rows)
+
+
 def curve_table(data: dict) -> str:
   """Every trained run of a curve file against the unpruned run they started from."""
   base = data["baseline"]
-  rows = [["fine-tuned, unpruned", _pct(base["accuracy"]), "-", "1.000",
+  rows = [[_baseline_label(base), _pct(base["accuracy"]), "-", "1.000",
            _fractions(base["tokens_kept_per_layer"])]]
   for series, runs in result_files.curve_runs(data):
     for p in sorted(runs, key=lambda p: p["relative_flops"], reverse=True):
@@ -50,7 +86,7 @@ def curve_table(data: dict) -> str:
                    _pct(base["accuracy"] - p["accuracy"]), f"{p['relative_flops']:.3f}",
                    _fractions(p["tokens_kept_per_layer"])])
   return _table(["model", "dev accuracy", "drop", "relative FLOPs",
-                 "tokens kept per layer (fraction of real)"], rows)
+                 "tokens kept per layer (fraction of real)"], rows) + _budget_table(data)
 
 
 def sweep_table(data: dict) -> str:
@@ -58,7 +94,10 @@ def sweep_table(data: dict) -> str:
   rows = [[result_files.setting_label(row) or "unpruned", _pct(row["accuracy"]),
            f"{row['relative_flops']:.3f}", _fractions(row["tokens_kept_per_layer"])]
           for row in data["rows"]]
-  return _table([f"{result_files.sweep_name(data)} on {data['workdir']}, no training",
+  run = os.path.basename(os.path.normpath(data["workdir"]))
+  if data.get("epochs"):
+    run += f" ({data['epochs']:g} epoch{'s' * (data['epochs'] != 1)})"
+  return _table([f"{result_files.sweep_name(data)} on {run}, no training",
                  "dev accuracy", "relative FLOPs", "tokens kept per layer"], rows)
 
 
@@ -77,7 +116,7 @@ def _round_ratio(data: dict, name: str) -> str:
 def inference_table(data: dict) -> str:
   """Throughput and latency of every system of one benchmark."""
   rows = []
-  paired = "orders" in data  # benchmarks with paired rounds (issue 12)
+  paired = "orders" in data  # benchmarks with paired rounds
   for name, r in data["systems"].items():
     row = [result_files.system_name(name, data), f"{r['examples_per_s']:.1f}",
            f"{r['tokens_per_s']:.0f}"]
@@ -91,29 +130,259 @@ def inference_table(data: dict) -> str:
     header.insert(1, "accuracy")
   if paired:
     header.append(f"speed vs unpruned, per round, median [IQR] of {data['rounds']}")
-  return _table(header + ["p50 / p99 latency (ms)"], rows)
+  return _table(header + ["p50 / p99 latency (ms)"], rows) + _ratio_table(data)
 
 
-def table_for(name: str, data: dict) -> str:
-  """The table for result file `name` with contents `data`."""
-  if result_files.is_curve(data):
-    return curve_table(data)
-  if result_files.is_sweep(data):
-    return sweep_table(data)
-  if result_files.is_inference(data):
-    return inference_table(data)
-  raise ValueError(f"{name}: not a curve, sweep or benchmark result.")
+_RATIO_NAMES = {
+    "speedup_pruned_vs_unpruned": "pruned speedup vs unpruned (plain forward)",
+    "flops_reduction": "FLOPs reduction (unpruned / pruned)",
+    "speedup_over_flops_reduction": "speedup / FLOPs reduction",
+    "keep_all_time_over_unpruned": "keep-all time / unpruned time",
+    "speedup_pruned_vs_best_unpruned":
+        "pruned speedup vs the faster unpruned path (plain or keep-all) of each round",
+    "speedup_over_flops_reduction_best_unpruned":
+        "speedup vs the faster unpruned path / FLOPs reduction",
+}
+
+
+def _ratio_name(key: str) -> str:
+  if key in _RATIO_NAMES:
+    return _RATIO_NAMES[key]
+  for peer in ("hf_pytorch", "onnxruntime"):
+    for who in ("pruned", "unpruned"):
+      if key == f"{who}_speedup_vs_{peer}":
+        return f"{who} speed / {result_files.SYSTEM_NAMES[peer].split(',')[0]}"
+  return key.replace("_", " ")
+
+
+def _iqr(d, digits: int = 2) -> str:
+  """'1.43x [1.33-1.50]': median [quartiles] of per-round ratios; a number as is."""
+  if not isinstance(d, dict):
+    return f"{d:.{digits}f}x"
+  return (f"{d['median']:.{digits}f}x [{d['q25']:.{digits}f}-"
+          f"{d['q75']:.{digits}f}]")
+
+
+def _ratio_table(data: dict) -> str:
+  """Per-round ratios of a paired benchmark: median [IQR], one column per order."""
+  ratios = data.get("ratios") or {}
+  orders = [o for o in data.get("orders", []) if o in ratios]
+  if not orders:
+    return ""
+  keys = [k for k in ratios[orders[0]]]
+  # Ratios to the FLOPs reduction are compared with targets: three decimals.
+  rows = [[_ratio_name(k)] + [_iqr(ratios[o][k], 3 if "over_flops" in k else 2)
+                              if k in ratios[o] else "-" for o in orders] for k in keys]
+  batch1 = ratios.get("batch1", {})
+  rows += [[f"batch 1: {k.replace('_per_round', '').replace('_over_', ' / ').replace('_', ' ')}"
+            ", per round", _iqr(v)] + ["-"] * (len(orders) - 1)
+           for k, v in batch1.items() if isinstance(v, dict) and "median" in v]
+  return "\n" + _table([f"per-round ratio, median [IQR] of {data['rounds']}"]
+                       + [f"{o} batches" if o != "batch1" else o for o in orders], rows)
+
+
+def ratios_table(data: dict) -> str:
+  """One trained SDTP run evaluated at other keep ratios, without training."""
+  f1 = any("f1" in p for p in data["points"])
+  rows = []
+  for p in data["points"]:
+    row = [result_files.setting_label(p) or "-", _pct(p["accuracy"])]
+    row += [_pct(p["f1"])] if f1 else []
+    row += [f"{p['relative_flops']:.3f}",
+            f"{p['relative_flops_with_predictors']:.3f}"
+            if "relative_flops_with_predictors" in p else "-",
+            f"{100 * p['tokens_pruned']:.1f}%" if "tokens_pruned" in p else "-"]
+    rows.append(row)
+  run = os.path.basename(os.path.normpath(data["workdir"]))
+  header = [f"{run}, other keep ratios, no training", "dev accuracy"]
+  header += ["F1"] if f1 else []
+  return _table(header + ["relative FLOPs", "with the predictors",
+                          "tokens pruned (1 - mean kept fraction)"], rows)
+
+
+def rules_table(data: dict) -> str:
+  """One ToP run's checkpoints under each inference rule."""
+  run = os.path.basename(os.path.normpath(data["workdir"]))
+  rows = [[r["rule"], f"{r['checkpoint']} (step {r.get('step', '-')})",
+           _pct(r["accuracy"]), f"{r['relative_flops']:.3f}",
+           _fractions(r["tokens_kept_per_layer"])] for r in data["rows"]]
+  return _table([f"{run}: inference rule", "checkpoint", "dev accuracy",
+                 "relative FLOPs", "tokens kept per layer"], rows)
+
+
+def _spread(d: dict, digits: int = 2, unit: str = "x") -> str:
+  """'1.41x [1.29, 2.46]': median [min, max] of per-round values."""
+  return (f"{d['median']:.{digits}f}{unit} [{d['min']:.{digits}f}, "
+          f"{d['max']:.{digits}f}]")
+
+
+def decoder_speed_table(data: dict) -> str:
+  """Decoder tokens/s of tpjax, PyTorch and llama.cpp, prefill and decode."""
+  summary = data["summary"]
+  items = [(f"prefill {n}", v) for n, v in summary["prefill"].items()]
+  items.append((f"decode ({data['decode_tokens']} tokens after "
+                f"{data['decode_prompt_tokens']})", summary["decode"]))
+  rows = [[name, f"{v['tpjax']['median']:.1f}", f"{v['torch']['median']:.1f}",
+           _spread(v["tpjax_over_torch"]), str(v["tpjax_over_torch"]["n"]),
+           f"{v['llamacpp']['median']:.1f} ({v['llamacpp']['n']} rounds)"
+           if "llamacpp" in v else "-"] for name, v in items]
+  return _table(["", "tpjax (float32) tok/s", "PyTorch (float32) tok/s",
+                 "tpjax / PyTorch per round, median [min, max]", "rounds",
+                 "llama.cpp (GGUF as stored) tok/s"], rows)
+
+
+def sdtp_decoder_quality_table(data: dict) -> str:
+  """Continuation loss and greedy agreement per prompt length, then answer F1."""
+  rows = []
+  for length, v in data["summary"].items():
+    if length == "qa":
+      continue
+    cells = [length, str(v["docs"]),
+             f"{v['final_kept']:.3f} / {v['token_layers_kept']:.3f} / "
+             f"{v['relative_macs']:.3f}", f"{v['full_loss']:.3f}"]
+    for system in ("sdtp", "recency"):
+      cells.append(f"{v[system]['loss']:.3f} ({100 * v[system]['loss_change']:+.1f}%)")
+    cells.append(f"{100 * max(v['sdtp']['loss_change_per_doc']):+.1f}%")
+    cells += [f"{v[s]['agreement']:.3f}" for s in ("sdtp", "recency")]
+    rows.append(cells)
+  out = _table(["prompt tokens", "docs", "kept at last stage / token-layers / MACs",
+                "full loss", "sdtp loss (change)", "recency loss (change)",
+                "sdtp, largest change of one doc", "sdtp greedy agreement",
+                "recency greedy agreement"], rows)
+  qa = data["summary"].get("qa")
+  if qa:
+    out += "\n" + _table(
+        ["QA questions", "mean prompt tokens", "full F1", "sdtp F1", "recency F1"],
+        [[str(qa["questions"]), f"{qa['mean_prompt_tokens']:.0f}",
+          f"{qa['full_f1']:.1f}", f"{qa['sdtp_f1']:.1f}", f"{qa['recency_f1']:.1f}"]])
+  return out
+
+
+def sdtp_decoder_speed_table(data: dict) -> str:
+  """Time to first token of the full and the SDTP-pruned prefill, per length."""
+  rows = []
+  for length, v in data["summary"].items():
+    full, sdtp = v["full"], v["sdtp"]
+    rows.append([
+        length, f"{v['flops_reduction']:.2f}x",
+        f"{full['ttft_seconds']['median']:.2f}", f"{sdtp['ttft_seconds']['median']:.2f}",
+        _spread(v["speedup_full_over_sdtp"]), f"{v['speedup_over_flops_reduction']:.2f}",
+        f"{full['kv_valid_mib']:.1f} / {sdtp['kv_valid_mib']:.1f}",
+        f"{full['peak_rss_increase_mib']['median']:.0f} / "
+        f"{sdtp['peak_rss_increase_mib']['median']:.0f}",
+        str(v["speedup_full_over_sdtp"]["n"])])
+  return _table(["prompt tokens", "prefill MACs reduction", "full TTFT (s)",
+                 "SDTP TTFT (s)", "speedup per round, median [min, max]",
+                 "speedup / MACs reduction", "KV cache full / SDTP (MiB)",
+                 "peak RSS increase full / SDTP (MiB)", "rounds"], rows)
+
+
+_DESIGN_NAMES = {"plain": "plain forward", "keep_all": "keep-all (packed)",
+                 "decide_after_dense": "pruned, decision after the output dense",
+                 "chunk=256": "pruned, decision first (shipped)"}
+
+
+def engine_designs_table(data: dict) -> str:
+  """Best-of-N milliseconds per batch of each engine design, per input."""
+  systems = list(next(iter(data["best_ms"].values())))
+  both = "decide_after_dense" in systems and "chunk=256" in systems
+  rows = []
+  for name, ms in data["best_ms"].items():
+    row = [name] + [f"{ms[s]:g}" if s in ms else "-" for s in systems]
+    if both:
+      row.append(f"{ms['chunk=256'] / ms['decide_after_dense']:.3f}")
+    rows.append(row)
+  header = [f"input (ms per batch, best of {data.get('repeats', 'N')})"]
+  header += [_DESIGN_NAMES.get(s, s) for s in systems]
+  return _table(header + (["decision first / after, time"] if both else []), rows)
+
+
+def train_speed_table(data: dict) -> str:
+  """Step time of the new checkout over the old one, per stage and round."""
+  rows = []
+  for stage, v in data["stages"].items():
+    old, new = v["steps_per_s_median"]
+    rows.append([stage, ", ".join(f"{r['ratio_new_over_old']:.2f}" for r in v["rounds"]),
+                 f"{v['ratio_median']:.2f}", f"{1 / old:.2f} / {1 / new:.2f}"])
+  return _table([f"stage ({data['steps']} steps a round, first {data['skip']} skipped)",
+                 "new / old step time, per round", "median",
+                 "median step time old / new (s)"], rows)
+
+
+def _find_run(measured: dict, run: str, setting: dict):
+  """(run point, its baseline) from the first curve file holding run `run`."""
+  for data in measured.values():
+    if not result_files.is_curve(data):
+      continue
+    for _, runs in result_files.curve_runs(data):
+      for p in runs:
+        if (os.path.basename(os.path.normpath(p["workdir"])) == run
+            and all(p.get(k) == v for k, v in setting.items())):
+          return p, data["baseline"]
+  return None, None
+
+
+def headline_table(data: dict, measured: dict) -> str:
+  """Method x task: each cell looked up in the curve and benchmark files."""
+  rows = []
+  for entry in data["headline"]:
+    point, base = _find_run(measured, entry["run"], entry.get("setting", {}))
+    bench = next((b for b in measured.values() if result_files.is_inference(b)
+                  and os.path.basename(os.path.normpath(b["workdir"])) == entry["run"]),
+                 None)
+    flops = point["relative_flops"] if point else (
+        bench["pruning"]["relative_flops"] if bench else None)
+    speed = "not measured"
+    if bench and "ratios" in bench:
+      order = bench["orders"][0]
+      speed = _iqr(bench["ratios"][order]["speedup_pruned_vs_unpruned"])
+      speed += f", engine {bench['engine']}" if "engine" in bench else ""
+    rows.append([
+        entry["task"], f"{entry['method']} {result_files.setting_label(point or {})}".strip(),
+        _pct(base["accuracy"]) if base else "not measured on this layout",
+        _pct(base["accuracy"] - point["accuracy"]) if point else
+        "not measured on this layout",
+        f"{flops:.3f}" if flops is not None else "-", speed])
+  return _table(["task (dev)", "method", "baseline accuracy", "accuracy drop (points)",
+                 "relative FLOPs", "measured speedup vs unpruned, median [IQR]"], rows)
+
+
+_TABLES = {"curve": curve_table, "sweep": sweep_table, "inference": inference_table,
+           "ratios": ratios_table, "rules": rules_table,
+           "decoder_speed": decoder_speed_table,
+           "sdtp_decoder_quality": sdtp_decoder_quality_table,
+           "sdtp_decoder_speed": sdtp_decoder_speed_table,
+           "engine_designs": engine_designs_table, "train_speed": train_speed_table}
+
+
+def table_for(name: str, data: dict, measured: dict = None) -> str:
+  """The table for result file `name` with contents `data`.
+
+  Args:
+    name: File name, for the error message.
+    data: Its parsed JSON.
+    measured: Every result file by name; the headline table looks cells up there.
+
+  Raises:
+    ValueError: If the file is of no kind that has a table.
+  """
+  kind = result_files.kind_of(data)
+  if kind == "headline":
+    return headline_table(data, measured or {})
+  if kind not in _TABLES:
+    raise ValueError(f"{name}: no table for this kind of result file.")
+  return _TABLES[kind](data)
 
 
 def render(text: str, results_dir: str) -> str:
   """`text` with every marked table regenerated from `results_dir`.
 
   Args:
-    text: README contents.
+    text: Contents of README or a docs page.
     results_dir: Folder of result JSON files.
 
   Returns:
-    The new README contents.
+    The new contents.
 
   Raises:
     FileNotFoundError: If a marker names a file that is not in `results_dir`.
@@ -123,8 +392,8 @@ def render(text: str, results_dir: str) -> str:
   def fill(match):
     name = match.group("name")
     if name not in measured:
-      raise FileNotFoundError(f"README table {name!r} has no file in {results_dir}.")
-    return match.group(1) + table_for(name, measured[name]) + match.group(4)
+      raise FileNotFoundError(f"table {name!r} has no file in {results_dir}.")
+    return match.group(1) + table_for(name, measured[name], measured) + match.group(4)
   return BLOCK.sub(fill, text)
 
 
