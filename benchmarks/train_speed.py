@@ -84,7 +84,8 @@ def main():
     parser.error("--checkouts needs two existing directories, --dtypes two dtypes")
   if args.rounds < 1 or args.steps <= args.skip + 1:
     parser.error("need --rounds >= 1 and --steps > --skip + 1")
-  result = {"command": " ".join(sys.argv), "systems": checkouts, "steps": args.steps,
+  result = {"command": " ".join(sys.argv), "steps": args.steps,
+            ("checkouts" if args.checkouts else "dtypes"): checkouts,
             "skip": args.skip, "config": args.config,
             "load_average_before": os.getloadavg(), "stages": {}}
   for stage in args.stages.split(","):

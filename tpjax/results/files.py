@@ -104,10 +104,13 @@ def kind_of(data) -> str:
     return "inference"
   if is_rules(data):
     return "rules"
+  if isinstance(data.get("cpu"), dict):  # precision_dots.py: the CPU it ran on
+    data = {**data, "matrix_flags": data["cpu"].get("matrix_flags")}
   for kind, key in (("headline", "headline"), ("ratios", "points"),
                     ("decoder_speed", "decode_prompt_tokens"),
                     ("sdtp_decoder_quality", "continuation"),
-                    ("engine_designs", "best_ms"), ("train_speed", "checkouts")):
+                    ("engine_designs", "best_ms"), ("train_speed", "checkouts"),
+                    ("train_speed", "dtypes"), ("precision_dots", "matrix_flags")):
     if key in data:
       return kind
   if "schedule" in data and "summary" in data:

@@ -298,15 +298,33 @@ def engine_designs_table(data: dict) -> str:
 
 
 def train_speed_table(data: dict) -> str:
-  """Step time of the new checkout over the old one, per stage and round."""
+  """Step time of the second system (a newer checkout, or the second compute dtype)
+  over the first, per stage and round."""
+  first, second = data.get("dtypes") or ("old", "new")
   rows = []
   for stage, v in data["stages"].items():
-    old, new = v["steps_per_s_median"]
+    a, b = v["steps_per_s_median"]
     rows.append([stage, ", ".join(f"{r['ratio_new_over_old']:.2f}" for r in v["rounds"]),
-                 f"{v['ratio_median']:.2f}", f"{1 / old:.2f} / {1 / new:.2f}"])
+                 f"{v['ratio_median']:.2f}", f"{1 / a:.2f} / {1 / b:.2f}"])
   return _table([f"stage ({data['steps']} steps a round, first {data['skip']} skipped)",
-                 "new / old step time, per round", "median",
-                 "median step time old / new (s)"], rows)
+                 f"{second} / {first} step time, per round", "median",
+                 f"median step time {first} / {second} (s)"], rows)
+
+
+def precision_dots_table(data: dict) -> str:
+  """Each dot form and the dense forward per XLA flag setting, against float32."""
+  cpu = data["cpu"]
+  rows = []
+  for setting, v in data["settings"].items():
+    for form, f in v["forms"].items():
+      rows.append([setting, form, f"{f['median_ms']:.2f}",
+                   f"{f['speed_vs_float32_median']:.2f}x "
+                   f"[{f['speed_vs_float32_range'][0]:.2f}-"
+                   f"{f['speed_vs_float32_range'][1]:.2f}]"])
+  flags = ", ".join(cpu["matrix_flags"]) or "none"
+  return _table([f"XLA flags ({cpu['model']}, {data['cores']} cores; bf16/int8 matrix "
+                 f"flags: {flags})", "form", "median ms",
+                 f"speed vs float32, median [min-max] of {data['rounds']} rounds"], rows)
 
 
 def _find_run(measured: dict, run: str, setting: dict):
@@ -347,7 +365,7 @@ def headline_table(data: dict, measured: dict) -> str:
                  "relative FLOPs", "measured speedup vs unpruned, median [IQR]"], rows)
 
 
-_TABLES = {"curve": curve_table, "sweep": sweep_table, "inference": inference_table,
+_TABLES = {"precision_dots": precision_dots_table, "curve": curve_table, "sweep": sweep_table, "inference": inference_table,
            "ratios": ratios_table, "rules": rules_table,
            "decoder_speed": decoder_speed_table,
            "sdtp_decoder_quality": sdtp_decoder_quality_table,
