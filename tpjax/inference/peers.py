@@ -38,10 +38,6 @@ from absl import flags
 PRECISIONS = {"hf_pytorch": "float32", "hf_pytorch_bf16": "bfloat16 autocast",
               "onnxruntime": "float32", "onnxruntime_int8": "int8 dynamic (weights)"}
 
-_SYSTEM = flags.DEFINE_enum("system", None, list(PRECISIONS), "Peer.")
-_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Hugging Face model folder.")
-_BATCHES = flags.DEFINE_string("batches", None, "npz written by the benchmark.")
-_THREADS = flags.DEFINE_integer("threads", 1, "Intra-op threads.")
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -110,8 +106,11 @@ def _onnx_runner(model_dir: str, threads: int, int8: bool = False):
     from onnxruntime import quantization  # pylint: disable=g-import-not-at-top
     quantized = os.path.join(model_dir, "model_fused_int8.onnx")
     if not os.path.exists(quantized):
-      quantization.quantize_dynamic(fused, quantized,
-                                    weight_type=quantization.QuantType.QInt8)
+      import onnx  # pylint: disable=g-import-not-at-top
+      # The fused graph's contrib ops hide some tensor types from shape inference.
+      quantization.quantize_dynamic(
+          fused, quantized, weight_type=quantization.QuantType.QInt8,
+          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     fused = quantized
   options = ort.SessionOptions()
   options.intra_op_num_threads = threads
@@ -125,16 +124,26 @@ def _onnx_runner(model_dir: str, threads: int, int8: bool = False):
   return run
 
 
+def _define_flags() -> None:
+  """The worker's flags, defined only when it runs: the benchmark imports this module
+  for `PRECISIONS`, beside flags of its own."""
+  flags.DEFINE_enum("system", None, list(PRECISIONS), "Peer.")
+  flags.DEFINE_string("model_dir", None, "Hugging Face model folder.")
+  flags.DEFINE_string("batches", None, "npz written by the benchmark.")
+  flags.DEFINE_integer("threads", 1, "Intra-op threads.")
+
+
 def main(argv):
   del argv
+  system, model_dir = flags.FLAGS.system, flags.FLAGS.model_dir
   reply = os.fdopen(os.dup(1), "w")  # the protocol's channel
   os.dup2(2, 1)                       # everything else printed goes to stderr
   make = {"hf_pytorch": _torch_runner,
           "hf_pytorch_bf16": lambda d, t: _torch_runner(d, t, bf16=True),
           "onnxruntime": _onnx_runner,
-          "onnxruntime_int8": lambda d, t: _onnx_runner(d, t, int8=True)}[_SYSTEM.value]
-  runner = make(_MODEL_DIR.value, _THREADS.value)
-  batches = load_batches(_BATCHES.value)
+          "onnxruntime_int8": lambda d, t: _onnx_runner(d, t, int8=True)}[system]
+  runner = make(model_dir, flags.FLAGS.threads)
+  batches = load_batches(flags.FLAGS.batches)
   for order in batches.values():  # warm-up: every shape once
     for batch in order:
       runner(batch)
@@ -170,5 +179,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   flags.mark_flags_as_required(["system", "model_dir", "batches"])
   app.run(main)
