@@ -110,7 +110,8 @@ def kind_of(data) -> str:
                     ("decoder_speed", "decode_prompt_tokens"),
                     ("sdtp_decoder_quality", "continuation"),
                     ("engine_designs", "best_ms"), ("train_speed", "checkouts"),
-                    ("train_speed", "dtypes"), ("precision_dots", "matrix_flags")):
+                    ("train_speed", "dtypes"), ("precision_dots", "matrix_flags"),
+                    ("precision_quality", "precision_quality")):
     if key in data:
       return kind
   if "schedule" in data and "summary" in data:

@@ -311,6 +311,22 @@ def train_speed_table(data: dict) -> str:
                  f"median step time {first} / {second} (s)"], rows)
 
 
+def precision_quality_table(data: dict) -> str:
+  """Each system's accuracy at its precision, and the bf16 engine's keep decisions."""
+  quality, n = data["quality"], data["examples"]
+  base = quality["unpruned"]["accuracy"]
+  rows = [[result_files.system_name(name, data), precision, _pct(quality[name]["accuracy"]),
+           f"{round((quality[name]['accuracy'] - base) * n):+d} of {n}"]
+          for name, precision in data["precision"].items()]
+  agree = quality.get("keep_decisions_bf16_equal_float32")
+  if agree is not None:
+    rows.append(["pruned_bf16 keep decisions equal to pruned's", "-",
+                 f"{100 * agree:.2f}% of token-layers", "-"])
+  return _table([f"{data['task']} {data['split']} ({n}), relative FLOPs "
+                 f"{data['relative_flops']:.3f}", "precision", "accuracy",
+                 "examples vs unpruned float32"], rows)
+
+
 def precision_dots_table(data: dict) -> str:
   """Each dot form and the dense forward per XLA flag setting, against float32."""
   cpu = data["cpu"]
@@ -365,7 +381,8 @@ def headline_table(data: dict, measured: dict) -> str:
                  "relative FLOPs", "measured speedup vs unpruned, median [IQR]"], rows)
 
 
-_TABLES = {"precision_dots": precision_dots_table, "curve": curve_table, "sweep": sweep_table, "inference": inference_table,
+_TABLES = {"precision_dots": precision_dots_table,
+           "precision_quality": precision_quality_table, "curve": curve_table, "sweep": sweep_table, "inference": inference_table,
            "ratios": ratios_table, "rules": rules_table,
            "decoder_speed": decoder_speed_table,
            "sdtp_decoder_quality": sdtp_decoder_quality_table,
