@@ -57,23 +57,38 @@ def test_tiny_end_to_end_on_8_devices(glue_dir, tmp_path):
 
 
 def test_8_devices_equal_1_device(glue_dir, tmp_path):
+  """Fine-tuning and LTP's soft and hard stages: losses and dev metrics per stage."""
+  stages = ("finetune", "soft", "hard")
+
   def run(devices, per_device, name):
-    config = helpers.tiny_config(glue_dir, max_steps=10, log_every_steps=1)
+    config = helpers.tiny_config(glue_dir, max_steps=6, log_every_steps=1)
     config.stage_settings.finetune.num_epochs = 2
+    config.stages = stages
+    config.pruning.method = "ltp"
+    config.pruning.temperature = 0.01
+    config.pruning.final_threshold = 0.02
+    config.stage_settings.soft.pruning_learning_rate = 1e-2
     config.num_devices = devices
     config.data.per_device_batch_size = per_device
     config.data.per_device_eval_batch_size = per_device
     config.model.overrides.hidden_dropout_prob = 0.0
     config.model.overrides.attention_probs_dropout_prob = 0.0
-    train.train_and_evaluate(config, str(tmp_path / name))
-    return _losses(str(tmp_path / name))
+    summary = train.train_and_evaluate(config, str(tmp_path / name))
+    return summary, {s: _losses(str(tmp_path / name), s) for s in stages}
 
-  one, eight = run(1, 8, "one"), run(8, 1, "eight")
-  assert sorted(one) == list(range(1, 11))
-  diffs = [abs(one[s] - eight[s]) for s in one]
-  print(f"max per-step loss difference, 8 vs 1 devices: {max(diffs):.2e}")
-  assert max(diffs) <= 1e-5
-  assert len(set(round(v, 4) for v in one.values())) > 1, "loss should change"
+  (one_summary, one), (eight_summary, eight) = run(1, 8, "one"), run(8, 1, "eight")
+  for stage in stages:
+    assert sorted(one[stage]) == list(range(1, 7)), stage
+    diff = max(abs(one[stage][s] - eight[stage][s]) for s in one[stage])
+    print(f"{stage}: max per-step loss difference, 8 vs 1 devices: {diff:.2e}")
+    assert diff <= 1e-5
+    assert len(set(round(v, 4) for v in one[stage].values())) > 1, "loss should change"
+    dev_one = one_summary["stages"][stage]["dev"]["validation"]
+    dev_eight = eight_summary["stages"][stage]["dev"]["validation"]
+    assert dev_one.keys() == dev_eight.keys()
+    for key, value in dev_one.items():
+      np.testing.assert_allclose(dev_eight[key], value, atol=1e-6, err_msg=f"{stage} {key}")
+  assert one_summary["dev"]["validation"]["relative_flops"] < 1.0, "LTP should prune"
 
 
 def test_interrupted_then_resumed_equals_uninterrupted(glue_dir, tmp_path, monkeypatch):
