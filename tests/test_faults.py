@@ -505,17 +505,10 @@ def test_sigkill_at_random_steps_then_resume_is_bit_identical(reference, glue_di
   for seed in range(5):
     kill_after = random.Random(seed).randint(1, _STEPS - 1)
     workdir = str(tmp_path / f"seed{seed}")
-    metrics = os.path.join(workdir, "finetune", "metrics.jsonl")
     child = subprocess.Popen([sys.executable, "-c", _CHILD, glue_dir, workdir],
                              cwd=_ROOT, env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and child.poll() is None:
-      if os.path.exists(metrics):
-        with open(metrics) as f:
-          if sum('"split": "train"' in line for line in f) >= kill_after:
-            break
-      time.sleep(0.05)
+    _wait_for_train_rows(child, workdir, kill_after)
     child.send_signal(signal.SIGKILL)
     assert child.wait() == -signal.SIGKILL, f"seed {seed}: the run ended before the kill"
     workdirs.append(workdir)

@@ -281,19 +281,22 @@ def benchmark(workdir: str, task: Optional[str], split: Optional[str], batch_siz
   for name, engine in engines.items():
     start = time.perf_counter()
     logits[name] = np.zeros((n, run.model.num_labels), np.float32)
-    positions[name] = np.zeros((layers, n, int(lengths.max())), bool)
+    # Keep decisions are compared between the float32 and bf16 pruned engines only.
+    with_positions = name in ("pruned", "pruned_bf16")
+    if with_positions:
+      positions[name] = np.zeros((layers, n, int(lengths.max())), bool)
     for order in orders:
-      for i, batch in enumerate(batches[order]):
-        out = engine(batch, return_kept_positions=order == orders[0])
-        if order == orders[0]:
+      first = order == orders[0]
+      for batch in batches[order]:
+        out = engine(batch, return_kept_positions=with_positions and first)
+        if first:
           logits[name][batch["index"]] = out["logits"]
+        if with_positions and first:
           positions[name][:, batch["index"], :out["kept_positions"].shape[-1]] = (
               out["kept_positions"])
+          engine(batch)  # compiles the timed function (no positions) too
         if name == "pruned":
           kept[batch["index"]] = out["kept"]
-      if order == orders[0]:  # compile the timed (no positions) function too
-        for batch in batches[order]:
-          engine(batch)
     for batch in single:
       engine(batch)
     compile_info[name] = {

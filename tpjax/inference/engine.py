@@ -145,12 +145,10 @@ def _dense(p: dict, x: jax.Array, dtype: str) -> jax.Array:
   return precision.matmul(x, p["kernel"], dtype) + p["bias"]
 
 
-def fuse_layers(model_params: dict, num_layers: int, dtype: str = "float32"
-                ) -> list[dict]:
+def fuse_layers(model_params: dict, num_layers: int) -> list[dict]:
   """Per layer: {'qkv': fused [hidden, 3 hidden] dense, 'attn_out', 'attn_norm',
-  'ffn_in', 'ffn_out', 'ffn_norm'}; built once so no call concatenates weights, with
-  the dense kernels already in the compute dtype `dtype` so no call casts them."""
-  model_params = precision.cast_kernels(model_params, dtype)
+  'ffn_in', 'ffn_out', 'ffn_norm'}; built once so no call concatenates weights (the
+  kernels keep the dtype they are stored in)."""
   out = []
   for i in range(num_layers):
     p = model_params["encoder"]["layer"][str(i)]
@@ -203,8 +201,7 @@ class Engine:
                                                     model.config.compute_dtype),
                     "pruning": params["pruning"]}
     if self.method:  # the packed path's fused weights; the dense path reads the model's
-      self.weights["layers"] = fuse_layers(params["model"], self.num_layers,
-                                           model.config.compute_dtype)
+      self.weights["layers"] = fuse_layers(self.weights["model"], self.num_layers)
     self._forward = jax.jit(self._run if self.method else self._run_dense,
                             static_argnames=("with_positions",))
     self.compile_seconds: dict[tuple[int, int], float] = {}
@@ -285,7 +282,7 @@ class Engine:
         split = lambda x: x.reshape(rows, w, heads, width // heads)
         qkv_rows = row_view(qkv, start, count, w)
         q, k, v = (split(qkv_rows[..., i * width:(i + 1) * width]) for i in range(3))
-        heads_first = lambda x: x.transpose(0, 2, 1, 3)
+        heads_first = encoder_lib.heads_first
         logits = precision.matmul(heads_first(q), k.transpose(0, 2, 3, 1), dtype) / jnp.sqrt(
             width // heads).astype(jnp.float32)
         probs = jax.nn.softmax(logits + encoder_lib.key_bias(mask[:, :w]), axis=-1)

@@ -152,6 +152,11 @@ def key_bias(token_mask: jax.Array) -> jax.Array:
   return bias[:, None, None, :]
 
 
+def heads_first(x: jax.Array) -> jax.Array:
+  """[batch, seq, heads, head_dim] <-> [batch, heads, seq, head_dim]."""
+  return x.transpose(0, 2, 1, 3)
+
+
 class SelfAttention(nn.Module):
   """Multi-head scaled dot-product attention that also returns its probabilities."""
   config: config_lib.EncoderConfig
@@ -165,7 +170,6 @@ class SelfAttention(nn.Module):
     q = split(_dense(cfg.hidden_size, cfg, "query")(hidden))
     k = split(_dense(cfg.hidden_size, cfg, "key")(hidden))
     v = split(_dense(cfg.hidden_size, cfg, "value")(hidden))
-    heads_first = lambda x: x.transpose(0, 2, 1, 3)  # [batch, heads, seq, head_dim]
     logits = precision.matmul(heads_first(q), k.transpose(0, 2, 3, 1),
                               cfg.compute_dtype) / jnp.sqrt(cfg.head_dim).astype(jnp.float32)
     probs = (jax.nn.softmax(logits + bias, axis=-1) if softmax_fn is None

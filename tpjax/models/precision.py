@@ -101,13 +101,10 @@ def _low_matmul_bwd(dtype, a_dtype, b_dtype, residuals, grad):
   a, b = residuals
   (grad,) = _cast(dtype, grad)
   swap = lambda x: jnp.swapaxes(x, -1, -2)
-  if b.ndim == 2:  # a dense layer: a [..., k] @ b [k, n]
-    da = _mixed_matmul(grad, swap(b), dtype)
-    db = _mixed_matmul(swap(a.reshape(-1, a.shape[-1])),
-                       grad.reshape(-1, grad.shape[-1]), dtype)
-  else:  # batched: equal leading dims
-    da = _mixed_matmul(grad, swap(b), dtype)
-    db = _mixed_matmul(swap(a), grad, dtype)
+  da = _mixed_matmul(grad, swap(b), dtype)
+  if b.ndim == 2:  # a dense layer, a [..., k] @ b [k, n]: sum over all leading dims
+    a, grad = a.reshape(-1, a.shape[-1]), grad.reshape(-1, grad.shape[-1])
+  db = _mixed_matmul(swap(a), grad, dtype)
   return da.astype(a_dtype), db.astype(b_dtype)
 
 

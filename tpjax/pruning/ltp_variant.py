@@ -31,6 +31,8 @@ Optimiser fields of the soft and hard stages (config.stage_settings.<stage>):
 
 import ml_collections
 
+from tpjax.pruning import variants
+
 VARIANTS = ("reference", "tpjax")
 FAMILY = ("ltp", "threshold", "topk")
 PRUNING_CHOICES = {
@@ -50,10 +52,7 @@ ALLOWED = {"soft_variant": ("reference", "cumulative"), "reg_masks": ("layer", "
 
 
 def _variant(pruning: ml_collections.ConfigDict) -> str:
-  variant = pruning.get("variant") or "tpjax"
-  if variant not in VARIANTS:
-    raise ValueError(f"pruning.variant {variant!r} is not one of {VARIANTS}.")
-  return variant
+  return variants.check("variant", pruning.get("variant") or "tpjax", VARIANTS)
 
 
 def resolve(pruning: ml_collections.ConfigDict) -> dict:
@@ -62,14 +61,7 @@ def resolve(pruning: ml_collections.ConfigDict) -> dict:
   Raises:
     ValueError: for an unknown variant or choice.
   """
-  variant = _variant(pruning)
-  values = {}
-  for name, by_variant in PRUNING_CHOICES.items():
-    value = pruning.get(name)
-    values[name] = by_variant[variant] if value is None else value
-    if name in ALLOWED and values[name] not in ALLOWED[name]:
-      raise ValueError(f"pruning.{name} {values[name]!r} is not one of {ALLOWED[name]}.")
-  return values
+  return variants.resolve(pruning, _variant(pruning), PRUNING_CHOICES, ALLOWED)
 
 
 def complete(config: ml_collections.ConfigDict) -> None:
@@ -77,11 +69,5 @@ def complete(config: ml_collections.ConfigDict) -> None:
   exactly what ran. Other methods are left alone."""
   if config.pruning.method not in FAMILY:
     return
-  variant = _variant(config.pruning)
-  for name, value in resolve(config.pruning).items():
-    config.pruning[name] = value
-  for stage in ("soft", "hard"):
-    settings = config.stage_settings[stage]
-    for name, by_variant in STAGE_CHOICES.items():
-      if settings.get(name) is None:
-        settings[name] = by_variant[variant]
+  variants.complete(config, _variant(config.pruning), resolve(config.pruning),
+                    ("soft", "hard"), STAGE_CHOICES)

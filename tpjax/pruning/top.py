@@ -61,6 +61,7 @@ from tpjax.pruning import flops
 from tpjax.pruning import hard_concrete
 from tpjax.pruning import ranking
 from tpjax.pruning import scores
+from tpjax.pruning import variants
 
 
 VARIANTS = ("reference", "tpjax")
@@ -83,10 +84,8 @@ ALLOWED = {"top_layer_gate": ("ste", "soft"), "top_cumulative": ("binary", "soft
 
 def _variant(pruning: ml_collections.ConfigDict) -> str:
   # A run saved before the field trained as 'tpjax' does.
-  variant = pruning.get("top_variant", "tpjax") or "reference"
-  if variant not in VARIANTS:
-    raise ValueError(f"pruning.top_variant {variant!r} is not one of {VARIANTS}.")
-  return variant
+  return variants.check("top_variant", pruning.get("top_variant", "tpjax") or "reference",
+                        VARIANTS)
 
 
 def resolve(pruning: ml_collections.ConfigDict) -> dict:
@@ -95,14 +94,7 @@ def resolve(pruning: ml_collections.ConfigDict) -> dict:
   Raises:
     ValueError: for an unknown variant or choice.
   """
-  variant = _variant(pruning)
-  values = {}
-  for name, by_variant in CHOICES.items():
-    value = pruning.get(name)
-    values[name] = by_variant[variant] if value is None else value
-    if name in ALLOWED and values[name] not in ALLOWED[name]:
-      raise ValueError(f"pruning.{name} {values[name]!r} is not one of {ALLOWED[name]}.")
-  return values
+  return variants.resolve(pruning, _variant(pruning), CHOICES, ALLOWED)
 
 
 def complete(config: ml_collections.ConfigDict) -> None:
@@ -111,13 +103,8 @@ def complete(config: ml_collections.ConfigDict) -> None:
   left alone."""
   if config.pruning.method != "top":
     return
-  variant = _variant(config.pruning)
-  for name, value in resolve(config.pruning).items():
-    config.pruning[name] = value
-  settings = config.stage_settings.soft
-  for name, by_variant in STAGE_CHOICES.items():
-    if settings.get(name) is None:
-      settings[name] = by_variant[variant]
+  variants.complete(config, _variant(config.pruning), resolve(config.pruning), ("soft",),
+                    STAGE_CHOICES)
 
 
 def rank_bins(score: jax.Array, prunable: jax.Array, bins: int) -> jax.Array:
