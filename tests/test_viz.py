@@ -120,6 +120,12 @@ def test_pareto_plot_of_the_measured_results(tmp_path):
     assert _mask(img, f"C{i}").sum() > 20, series[i]
 
 
+def test_every_benchmark_system_has_its_own_colour():
+  from tpjax.inference import benchmark
+  assert set(benchmark.SYSTEMS) <= set(plots.SYSTEM_COLOURS)
+  assert len(set(plots.SYSTEM_COLOURS.values())) == len(plots.SYSTEM_COLOURS)
+
+
 def test_throughput_plot_has_one_bar_per_system(tmp_path):
   # The measured benchmarks, or one made up (numbers of an old real run) when
   # benchmarks/results holds none.

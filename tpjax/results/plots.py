@@ -28,8 +28,13 @@ from tpjax.results import files as result_files
 KEPT_COLOUR = "#2f9e44"    # a token still present after the layer
 PRUNED_COLOUR = "#ffa8a8"  # a token removed at or before the layer
 # One colour per benchmarked system (none of them KEPT or PRUNED_COLOUR).
-SYSTEM_COLOURS = {"pruned": "#1c7ed6", "unpruned": "#f59f00", "keep_all": "#ae3ec9",
-                  "padded": "#868e96", "hf_pytorch": "#e8590c", "onnxruntime": "#0ca678"}
+# One colour per benchmark system; a reduced-precision system in a darker shade
+# of its float32 counterpart's.
+SYSTEM_COLOURS = {"pruned": "#1c7ed6", "pruned_bf16": "#1864ab",
+                  "unpruned": "#f59f00", "unpruned_bf16": "#c77700",
+                  "keep_all": "#ae3ec9", "padded": "#868e96",
+                  "hf_pytorch": "#e8590c", "hf_pytorch_bf16": "#a93f06",
+                  "onnxruntime": "#0ca678", "onnxruntime_int8": "#08705a"}
 _DPI = 100
 
 
