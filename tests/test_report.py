@@ -131,3 +131,20 @@ def test_marker_without_file_is_an_error(tmp_path):
 
 def test_kept_fractions_format():
   assert tables._fractions([1.0, 0.9994, 0.0804, 0.9996]) == "1, .999, .080, 1"
+
+
+def test_make_run_table_gives_each_stage_and_the_drop_from_fine_tuning():
+  def stage(epochs, accuracy, flops, seconds):
+    return {"epochs": epochs, "wall_time_s": seconds,
+            "dev": {"validation": {"accuracy": accuracy, "relative_flops": flops}}}
+  record = {"command": "make run", "date": "2026-12-06", "exit_code": 0,
+            "machine": {"cpu": "AMD EPYC", "cores": 2}, "install_s": 60, "wall_s": 5700,
+            "load_average": {"mean": 1.1, "max": 1.5, "samples": 190},
+            "summary": {"stages": {"finetune": stage(1, 0.8956, 1.0, 2700),
+                                   "soft": stage(0.4, 0.8800, 0.58, 1500),
+                                   "hard": stage(0.5, 0.8870, 0.581, 1200)}}}
+  assert result_files.kind_of(record) == "fresh_clone"
+  text = tables.table_for("make_run.json", record)
+  assert "| `make run` | 2026-12-06 | AMD EPYC, 2 cores | 0 | 95.0 min | 1.0 min | 1.10 / 1.50 |" in text
+  assert "| finetune | 1 | 89.56 | +0.00 | 1.000 | 45.0 min |" in text
+  assert "| hard | 0.5 | 88.70 | -0.86 | 0.581 | 20.0 min |" in text

@@ -15,6 +15,7 @@ Each file's kind is told by a key only that kind has (`kind_of`):
   sdtp_decoder_speed     `benchmarks/sdtp_decoder_speed.py` ("schedule" and "summary");
   engine_designs         `benchmarks/engine_designs.py` ("best_ms");
   train_speed            `benchmarks/train_speed.py` ("checkouts");
+  fresh_clone            `benchmarks/fresh_clone.sh`: make run/test timed ("install_s");
   headline   not a measurement: the runs README's headline table shows ("headline").
 Files of other shapes are skipped by the plots, so new result kinds never break them;
 a README table of an unknown kind is an error.
@@ -111,7 +112,8 @@ def kind_of(data) -> str:
                     ("sdtp_decoder_quality", "continuation"),
                     ("engine_designs", "best_ms"), ("train_speed", "checkouts"),
                     ("train_speed", "dtypes"), ("precision_dots", "matrix_flags"),
-                    ("precision_quality", "precision_quality")):
+                    ("precision_quality", "precision_quality"),
+                    ("fresh_clone", "install_s")):
     if key in data:
       return kind
   if "schedule" in data and "summary" in data:

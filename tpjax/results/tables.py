@@ -16,6 +16,7 @@ The file's kind (`files.kind_of`, told by a key only that kind has) picks the ta
   rules      one ToP run's weights under both inference rules;
   decoder_speed, sdtp_decoder_quality, sdtp_decoder_speed, engine_designs,
   train_speed  one table each, from the script of the same name;
+  fresh_clone  `make run` / `make test` timed on a fresh clone, and make run's stages;
   headline   method x task: baseline accuracy, drop, relative FLOPs and measured
              speedup, each looked up in the curve and benchmark files.
 """
@@ -327,6 +328,32 @@ def precision_quality_table(data: dict) -> str:
                  "examples vs unpruned float32"], rows)
 
 
+def fresh_clone_table(data: dict) -> str:
+  """`make run` or `make test` timed on a fresh clone; for `make run`, each stage's
+  dev accuracy and relative FLOPs, and the end's drop from the fine-tuned stage."""
+  load = data["load_average"]
+  head = _table(["command", "date", "machine", "exit code", "wall time", "install",
+                 "load average, mean / max"],
+                [[f"`{data['command']}`", data["date"],
+                  f"{data['machine']['cpu']}, {data['machine']['cores']} cores",
+                  str(data["exit_code"]), f"{data['wall_s'] / 60:.1f} min",
+                  f"{data['install_s'] / 60:.1f} min",
+                  f"{load['mean']:.2f} / {load['max']:.2f}"]])
+  summary = data.get("summary")
+  if not summary:
+    return head
+  rows, first = [], None
+  for name, stage in summary["stages"].items():
+    dev = next(iter(stage["dev"].values()))
+    first = first or dev
+    rows.append([name, f"{stage['epochs']:g}", _pct(dev["accuracy"]),
+                 f"{100 * (dev['accuracy'] - first['accuracy']):+.2f}",
+                 f"{dev['relative_flops']:.3f}", f"{stage['wall_time_s'] / 60:.1f} min"])
+  return head + "\n" + _table(
+      ["stage", "epochs", "dev accuracy", "points vs fine-tuned", "relative FLOPs",
+       "wall time"], rows)
+
+
 def precision_dots_table(data: dict) -> str:
   """Each dot form and the dense forward per XLA flag setting, against float32."""
   cpu = data["cpu"]
@@ -381,7 +408,7 @@ def headline_table(data: dict, measured: dict) -> str:
                  "relative FLOPs", "measured speedup vs unpruned, median [IQR]"], rows)
 
 
-_TABLES = {"precision_dots": precision_dots_table,
+_TABLES = {"precision_dots": precision_dots_table, "fresh_clone": fresh_clone_table,
            "precision_quality": precision_quality_table, "curve": curve_table, "sweep": sweep_table, "inference": inference_table,
            "ratios": ratios_table, "rules": rules_table,
            "decoder_speed": decoder_speed_table,
