@@ -1,10 +1,17 @@
-"""Shared test fixtures: a small synthetic GLUE folder and tiny configs."""
+"""Shared test fixtures: a small synthetic GLUE folder, tiny configs, and a command
+line run in this process."""
 
+import contextlib
+import io
 import os
+import runpy
+import sys
 
 import numpy as np
 
 from configs import tiny
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _WORDS = ["good", "great", "fine", "bad", "awful", "dull", "the", "film", "a", "plot",
           "is", "was", "very", "not", "story", "acting"]
@@ -115,3 +122,44 @@ class PruningCase:
                            prune_fn=self.method.prune_fn(self.params["pruning"], "hard"))
     kept = np.stack([np.asarray(m).sum(-1) for m in out.token_masks], -1)
     return kept / batch["attention_mask"].sum(-1, keepdims=True)
+
+
+def run_cli(module: str, *args: str, traceback: bool = False) -> tuple[int, str, str]:
+  """Runs `python -m <module> <args>` in this process; returns (exit code, stdout,
+  stderr).
+
+  For commands that stop before any work (a bad flag or config value): a subprocess
+  would spend seconds importing jax and torch only to print one paragraph. Each
+  tests/test_*.py that checks an exit code keeps one real subprocess as well. The
+  module's flags are deleted afterwards, so it can run again. An error the command
+  does not handle (a traceback in a real process) is raised here.
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from tpjax import cli  # pylint: disable=g-import-not-at-top
+  before, was_parsed = set(flags.FLAGS), flags.FLAGS.is_parsed()
+  saved_argv, saved_env = sys.argv, os.environ.pop(cli.TRACEBACK_ENV, None)
+  if traceback:
+    os.environ[cli.TRACEBACK_ENV] = "1"
+  flags.FLAGS.unparse_flags()  # a failed parse must look like one to cli.run
+  out, err = io.StringIO(), io.StringIO()
+  code, cwd = 0, os.getcwd()
+  try:
+    sys.argv = [module, *args]
+    os.chdir(ROOT)  # as the subprocesses run: configs/ and runs/ are relative to it
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+      runpy.run_module(module, run_name="__main__", alter_sys=True)
+  except SystemExit as e:
+    code = e.code if isinstance(e.code, int) else int(e.code is not None)
+  finally:
+    os.chdir(cwd)
+    sys.argv = saved_argv
+    os.environ.pop(cli.TRACEBACK_ENV, None)
+    if saved_env is not None:
+      os.environ[cli.TRACEBACK_ENV] = saved_env
+    for name in set(flags.FLAGS) - before:
+      if name in flags.FLAGS:
+        delattr(flags.FLAGS, name)
+    flags.FLAGS.unparse_flags()
+    if was_parsed:
+      flags.FLAGS.mark_as_parsed()
+  return code, out.getvalue(), err.getvalue()

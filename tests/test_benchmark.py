@@ -1,17 +1,12 @@
 """tpjax.benchmark: flag validation, the same batches for every system, paired ratios,
 and a peer driven in its own process. (No timing is asserted: timings are benchmarks.)"""
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
+from tests import helpers
 from tpjax.inference import benchmark
 from tpjax.inference import peers
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -31,16 +26,15 @@ def test_validate_rejects_bad_flags(tmp_path, kwargs, message):
 
 
 def test_cli_user_error_is_one_paragraph_and_writes_nothing(tmp_path):
+  # Refused before any work, so in this process (the exit code of a real process is
+  # test_main's and test_faults' to check).
   out = tmp_path / "result.json"
-  proc = subprocess.run(
-      [sys.executable, "-m", "tpjax.benchmark", f"--workdir={tmp_path}",
-       "--systems=pruned,nope", f"--out={out}"],
-      cwd=ROOT, capture_output=True, text=True, timeout=300,
-      env={**os.environ, "JAX_PLATFORMS": "cpu"})
-  assert proc.returncode != 0
-  assert "Traceback" not in proc.stderr
+  code, _, stderr = helpers.run_cli("tpjax.benchmark", f"--workdir={tmp_path}",
+                                    "--systems=pruned,nope", f"--out={out}")
+  assert code == 2, stderr
+  assert "Traceback" not in stderr
   assert "tpjax.benchmark: error: Unknown or no systems ['nope']" in " ".join(
-      proc.stderr.split())
+      stderr.split())
   assert not out.exists()
 
 

@@ -1,8 +1,14 @@
-"""tpjax.main as a new user meets it: first lines, user errors, the TFDS fallback."""
+"""tpjax.main as a new user meets it: first lines, user errors, the TFDS fallback.
+
+Errors raised before any work run the command in this process (helpers.run_cli);
+the first-lines test is a real process, exit code 2 included.
+"""
 
 import os
 import subprocess
 import sys
+
+import pytest
 
 from tests import helpers
 from tpjax import cli
@@ -11,14 +17,18 @@ from tpjax.data import glue
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _main(*args, traceback=False):
+def _main(*args):
   """Runs `python -m tpjax.main` with `args` on one CPU device."""
   env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
   env.pop(cli.TRACEBACK_ENV, None)
-  if traceback:
-    env[cli.TRACEBACK_ENV] = "1"
   return subprocess.run([sys.executable, "-m", "tpjax.main", *args], cwd=_ROOT,
                         env=env, capture_output=True, text=True, timeout=300)
+
+
+def _in_process(*args):
+  """`_main(*args)` run by helpers.run_cli, as a CompletedProcess."""
+  code, stdout, stderr = helpers.run_cli("tpjax.main", *args)
+  return subprocess.CompletedProcess(args, code, stdout, stderr)
 
 
 def _assert_one_paragraph(result, *needles):
@@ -33,7 +43,7 @@ def _assert_one_paragraph(result, *needles):
 
 
 def test_mistyped_override_is_one_paragraph():
-  result = _main("--config=configs/tiny.py", "--config.train.max_stepz=3")
+  result = _in_process("--config=configs/tiny.py", "--config.train.max_stepz=3")
   _assert_one_paragraph(result, "unknown config field 'max_stepz'",
                         'Did you mean "max_steps"')
 
@@ -41,10 +51,13 @@ def test_mistyped_override_is_one_paragraph():
 def test_traceback_on_request(tmp_path):
   blocker = tmp_path / "a_file"
   blocker.write_text("")
-  result = _main("--config=configs/tiny.py", f"--workdir={blocker}/run",
-                 traceback=True)
-  assert result.returncode == 1  # Python's own exit code for the re-raised error
-  assert "Traceback" in result.stderr and "Cannot use workdir" in result.stderr
+  # Re-raised, not printed as a paragraph: Python prints the traceback, exit code 1.
+  with pytest.raises(OSError, match="Cannot use workdir"):
+    helpers.run_cli("tpjax.main", "--config=configs/tiny.py",
+                    f"--workdir={blocker}/run", traceback=True)
+  # Without the request the same error is one paragraph.
+  _assert_one_paragraph(_in_process("--config=configs/tiny.py",
+                                    f"--workdir={blocker}/run"), "Cannot use workdir")
 
 
 def test_verbosity_asks_for_tracebacks(monkeypatch):
@@ -83,8 +96,8 @@ def test_first_lines_name_data_and_model(tmp_path):
 
 
 def test_bad_stage_name_is_refused_before_any_work(tmp_path):
-  result = _main("--config=configs/tiny.py", f"--workdir={tmp_path}/run",
-                 "--config.stages=('finetune_typo',)")
+  result = _in_process("--config=configs/tiny.py", f"--workdir={tmp_path}/run",
+                       "--config.stages=('finetune_typo',)")
   assert result.stdout == "" and not (tmp_path / "run").exists()
   _assert_one_paragraph(result, "config.stages=('finetune_typo',) is not allowed")
 
