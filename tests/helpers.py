@@ -131,11 +131,18 @@ def run_cli(module: str, *args: str, traceback: bool = False) -> tuple[int, str,
   For commands that stop before any work (a bad flag or config value): a subprocess
   would spend seconds importing jax and torch only to print one paragraph. Each
   tests/test_*.py that checks an exit code keeps one real subprocess as well. The
-  module's flags are deleted afterwards, so it can run again. An error the command
-  does not handle (a traceback in a real process) is raised here.
+  module's flags are deleted afterwards, so it can run again, and flags that entry
+  points imported by other tests defined (`--workdir`, ...) are set aside meanwhile,
+  so the names do not collide. An error the command does not handle (a traceback in
+  a real process) is raised here.
   """
   from absl import flags  # pylint: disable=g-import-not-at-top
   from tpjax import cli  # pylint: disable=g-import-not-at-top
+  hidden = [(m, f) for m, fs in flags.FLAGS.flags_by_module_dict().items()
+            if m.startswith("tpjax") for f in fs]
+  for _, flag in hidden:
+    if flag.name in flags.FLAGS:
+      delattr(flags.FLAGS, flag.name)
   before, was_parsed = set(flags.FLAGS), flags.FLAGS.is_parsed()
   saved_argv, saved_env = sys.argv, os.environ.pop(cli.TRACEBACK_ENV, None)
   if traceback:
@@ -159,6 +166,9 @@ def run_cli(module: str, *args: str, traceback: bool = False) -> tuple[int, str,
     for name in set(flags.FLAGS) - before:
       if name in flags.FLAGS:
         delattr(flags.FLAGS, name)
+    for module_name, flag in hidden:
+      flags.FLAGS[flag.name] = flag
+      flags.FLAGS.register_flag_by_module(module_name, flag)
     flags.FLAGS.unparse_flags()
     if was_parsed:
       flags.FLAGS.mark_as_parsed()
