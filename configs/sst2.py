@@ -1,13 +1,14 @@
-"""SST-2 with MiniLM-L6: the LTP pipeline, fine-tune (1 epoch) -> soft (0.4) -> hard (0.5).
+"""SST-2 with MiniLM-L6: the LTP pipeline, fine-tune (1 epoch) -> soft (0.5) -> hard (0.5).
 
-`make run` runs this config (benchmarks/make_run.sh measures it on a fresh clone).
-The soft stage's length sets the FLOPs: its regulariser keeps raising thresholds, and
-0.5 epochs at reg_lambda 0.05 ended at 0.534 relative FLOPs and 3.55 points below the
-fine-tune; 0.4 epochs aims at about 0.58, inside the 0.60 the main job promises.
-`benchmarks/sst2_lambda_sweep.sh` varies lambda and `benchmarks/ltp_variants.sh`
-compares the reference and tpjax variants, both from one fine-tuned run. Evaluating
-the selection slice every 250 steps gives the hard stage several checkpoints to
-choose from within the soft stage's FLOPs.
+`make run` runs this config (benchmarks/fresh_clone.sh run measures it on a fresh clone).
+The soft stage's length sets the FLOPs: its regulariser keeps raising thresholds. The
+hard stage then keeps the thresholds and fine-tunes the model, which recovers accuracy
+and lets FLOPs drift up (0.4 soft epochs: 0.531 -> 0.586 relative FLOPs on the
+selection slice, 0.569 -> 0.615 on dev, 2.18 -> 0.46 points below the fine-tune). So
+the hard stage picks its best checkpoint on the slice with no FLOPs bound, and the soft
+stage runs 0.5 epochs so that the drifted model lands under the 0.60 the main job
+promises. `benchmarks/ltp_variants.sh` compares the reference and tpjax variants from
+one fine-tuned run.
 """
 
 from configs import common
@@ -19,7 +20,8 @@ def get_config():
   config.data.buckets = (16, 24, 32, 48, 64, 128)
   config.stages = ("finetune", "soft", "hard")
   config.pruning.method = "ltp"
-  config.stage_settings.soft.num_epochs = 0.4
+  config.stage_settings.soft.num_epochs = 0.5
   config.stage_settings.hard.num_epochs = 0.5
+  config.stage_settings.hard.flops_budget = ""  # the drift is the point; see above
   config.train.eval_every_steps = 250
   return config.lock()
