@@ -115,3 +115,17 @@ class PruningCase:
                            prune_fn=self.method.prune_fn(self.params["pruning"], "hard"))
     kept = np.stack([np.asarray(m).sum(-1) for m in out.token_masks], -1)
     return kept / batch["attention_mask"].sum(-1, keepdims=True)
+
+
+def masked_keep(model, params, method, batch) -> np.ndarray:
+  """<bool>[layers, batch, seq]: the tokens the masked model (the hard stage's
+  evaluation) keeps after each layer, at their original positions."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  def keep(params, ids, mask, types):
+    out = model.apply({"params": params["model"]}, ids, mask, types, deterministic=True,
+                      prune_fn=method.prune_fn(params["pruning"], "hard"))
+    return [m > 0 for m in out.token_masks]
+
+  inputs = (batch[k] for k in ("input_ids", "attention_mask", "token_type_ids"))
+  return np.stack(jax.device_get(jax.jit(keep)(params, *inputs)))
