@@ -173,3 +173,17 @@ def run_cli(module: str, *args: str, traceback: bool = False) -> tuple[int, str,
     if was_parsed:
       flags.FLAGS.mark_as_parsed()
   return code, out.getvalue(), err.getvalue()
+
+
+def masked_keep(model, params, method, batch) -> np.ndarray:
+  """<bool>[layers, batch, seq]: the tokens the masked model (the hard stage's
+  evaluation) keeps after each layer, at their original positions."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  def keep(params, ids, mask, types):
+    out = model.apply({"params": params["model"]}, ids, mask, types, deterministic=True,
+                      prune_fn=method.prune_fn(params["pruning"], "hard"))
+    return [m > 0 for m in out.token_masks]
+
+  inputs = (batch[k] for k in ("input_ids", "attention_mask", "token_type_ids"))
+  return np.stack(jax.device_get(jax.jit(keep)(params, *inputs)))

@@ -1,10 +1,14 @@
 """LTP through the training loop: staged pipeline, frozen thresholds, invariance."""
 
+import os
+
 import jax
 import numpy as np
 import pytest
 
 from tests import helpers
+from tpjax.inference import loading
+from tpjax.inference import predict
 from tpjax.training import train
 from tpjax.pruning import ltp
 
@@ -42,6 +46,23 @@ def test_ltp_pipeline_end_to_end(glue_dir, tmp_path):
   assert len(kept) == 4 and kept[0] == 1.0
   # Really pruned: tokens go after layer 0 and FLOPs fall by more than rounding.
   assert kept[-1] < 0.9 and dev["relative_flops"] < 0.95, dev
+  # Both numbers recounted by hand from the tokens the compaction engine
+  # (`tpjax.predict`) keeps in each dev example with the handed-over weights.
+  with open(os.path.join(glue_dir, "SST-2", "dev.tsv"), "rb") as f:
+    texts = [line.rsplit(b"\t", 1)[0] for line in f.read().splitlines()[1:]]
+  records = predict.Predictor(loading.load_run(str(tmp_path)), 8).predict_lines(texts, 1)
+  n = np.array([r["tokens"] for r in records], np.float64)
+  after = np.array([r["kept_per_layer"] for r in records], np.float64)
+  d, d_ff = 32, 64  # configs/tiny.py
+
+  def macs(attn, ffn):  # per layer: attention and QKV/output on the tokens entering
+    return (2 * d * attn**2 + 4 * d**2 * attn + 2 * d * d_ff * ffn).sum()
+
+  entering = np.concatenate([n[:, None], after[:, :-1]], 1)
+  full = np.repeat(n[:, None], 4, axis=1)
+  assert dev["relative_flops"] == pytest.approx(macs(entering, after) / macs(full, full),
+                                                rel=1e-9)
+  np.testing.assert_array_equal(kept, (after.mean(0) / n.mean()).round(4))
   assert summary["method"] == "ltp"
   # The hard stage hands over a checkpoint within the FLOPs the soft stage reached.
   soft_flops = stages["soft"]["dev"]["validation"]["relative_flops"]

@@ -216,7 +216,10 @@ def test_tiny_run(tiny_sdtp, tmp_path):
 def test_compacted_equals_masked(tiny_sdtp):
   model, model_params, tokenizer, method = tiny_sdtp
   params = {"model": model_params, "pruning": method.init_params(jax.random.PRNGKey(3))}
-  engine = engine_lib.Engine(model, params, method, (8, 16, 32))
+  # Chunks of 16, the rest in 8s: both batches (8 x 32 and 2 x 32 slots) run the packed
+  # chunk loops, with the two passes per layer of a decision that reads the
+  # post-attention state; a short example alone runs as one piece.
+  engine = engine_lib.Engine(model, params, method, (8, 16, 32), chunk=16, small_chunk=8)
   masked_step = jax.jit(lambda b: train.eval_step(params, b, model=model, method=method,
                                                   stage="hard"))
   texts = helpers.PRUNING_TEXTS + [a for a, _ in PAIRS]
@@ -228,6 +231,8 @@ def test_compacted_equals_masked(tiny_sdtp):
     compacted = engine(batch, return_kept_positions=True)
     np.testing.assert_array_equal(compacted["kept"], masked["kept"])
     np.testing.assert_allclose(compacted["logits"], masked["logits"], atol=EXACT_ATOL)
+    np.testing.assert_array_equal(compacted["kept_positions"],
+                                  helpers.masked_keep(model, params, method, batch))
     # It really prunes, differently per example, at the configured ratios.
     lengths = masked["length"]
     expected = np.stack([np.maximum(np.ceil(np.float32(r) * lengths - 1e-4),

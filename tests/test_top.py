@@ -23,6 +23,7 @@ from tpjax.pruning import registry
 from tpjax.pruning import top
 
 PAIRS = [("the film was good", "a fine story"), ("awful", "the plot is very dull indeed")]
+EXACT_ATOL = 1e-6  # README's bound for compacted against masked logits
 
 
 def _top_config(**fields):
@@ -235,12 +236,28 @@ def test_tiny_run_meets_its_sparsity_target(tmp_path):
   assert abs((1.0 - dev["relative_flops"]) - 0.4) <= 0.05
 
 
+def _hand_kept(lengths, specials, closed, bins=4):
+  """<int>[batch, layers] tokens ToP keeps, by hand. Of c prunable tokens (live, not
+  [CLS]/[SEP]) ranked by score, bin b holds ranks ceil(b c / bins) to
+  ceil((b + 1) c / bins) - 1; a layer drops the tokens of its closed bins."""
+  out = []
+  for n, fixed in zip(lengths, specials, strict=True):
+    c, row = n - fixed, []
+    for shut in closed:
+      c -= sum(-(-(b + 1) * c // bins) + (-b * c // bins) for b in shut)
+      row.append(fixed + c)
+    out.append(row)
+  return np.array(out)
+
+
 def test_compacted_equals_masked(tiny_top):
   model, model_params, tokenizer, method = tiny_top
   params = {"model": model_params, "pruning": method.init_params(None)}
-  params["pruning"]["gates"] = _gates([False, True, True, True],
-                                      [(), (3,), (2, 3), (1,)], 4)
-  engine = engine_lib.Engine(model, params, method, (8, 32))
+  closed = [(), (3,), (2, 3), (1,)]
+  params["pruning"]["gates"] = _gates([False, True, True, True], closed, 4)
+  # Chunks of 16, the rest in 8s: both batches (4 x 32 and 2 x 32 slots) run the
+  # packed chunk loops; a short example alone (1 x 8) runs as one piece.
+  engine = engine_lib.Engine(model, params, method, (8, 32), chunk=16, small_chunk=8)
   masked_step = jax.jit(lambda b: train.eval_step(params, b, model=model, method=method,
                                                   stage="hard"))
   texts = helpers.PRUNING_TEXTS[:4] + [a for a, _ in PAIRS]
@@ -250,20 +267,26 @@ def test_compacted_equals_masked(tiny_top):
     masked = jax.tree.map(np.asarray, masked_step(batch))
     compacted = engine(batch, return_kept_positions=True)
     np.testing.assert_array_equal(compacted["kept"], masked["kept"])
-    np.testing.assert_allclose(compacted["logits"], masked["logits"], atol=1e-4)
-    assert (compacted["kept"][:, -1] < masked["length"]).any(), "no pruning"
-    # [CLS] and every [SEP] survive to the last layer
+    np.testing.assert_allclose(compacted["logits"], masked["logits"], atol=EXACT_ATOL)
+    np.testing.assert_array_equal(compacted["kept_positions"],
+                                  helpers.masked_keep(model, params, method, batch))
+    # It prunes at three layers, each example as its closed bins say: a quarter,
+    # then half the rest, then a quarter of that (a different fraction per example).
     special = np.asarray(encoder_lib.protected_tokens(batch["attention_mask"],
                                                       batch["token_type_ids"]))
+    np.testing.assert_array_equal(
+        compacted["kept"], _hand_kept(masked["length"], special.sum(-1), closed))
+    # [CLS] and every [SEP] survive to the last layer
     assert compacted["kept_positions"][-1][special].all()
     # alone (a smaller bucket) or reordered, an example gets the same output
     i = rows.start
     alone = engine(tokenizer([texts[i]], [pairs[i]] if pairs[i] else None))
-    np.testing.assert_allclose(alone["logits"][0], compacted["logits"][0], atol=1e-5)
+    np.testing.assert_allclose(alone["logits"][0], compacted["logits"][0], atol=EXACT_ATOL)
     np.testing.assert_array_equal(alone["kept"][0], compacted["kept"][0])
     reordered = engine(tokenizer(texts[rows][::-1], pairs[rows][::-1] if rows.start else None,
                                  length=32))
-    np.testing.assert_allclose(reordered["logits"][::-1], compacted["logits"], atol=1e-5)
+    np.testing.assert_allclose(reordered["logits"][::-1], compacted["logits"],
+                               atol=EXACT_ATOL)
 
 
 # --------------------------------------------- ToP as the reference trains it (issue 24)
