@@ -134,8 +134,10 @@ def run_cli(module: str, *args: str, traceback: bool = False) -> tuple[int, str,
   module's flags are deleted afterwards, so it can run again. An error the command
   does not handle (a traceback in a real process) is raised here.
   """
+  from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   from tpjax import cli  # pylint: disable=g-import-not-at-top
+  app.define_help_flags()  # absl's own, defined once per process: not ours to delete
   before, was_parsed = set(flags.FLAGS), flags.FLAGS.is_parsed()
   saved_argv, saved_env = sys.argv, os.environ.pop(cli.TRACEBACK_ENV, None)
   if traceback:
