@@ -136,8 +136,10 @@ def run_cli(module: str, *args: str, traceback: bool = False) -> tuple[int, str,
   so the names do not collide. An error the command does not handle (a traceback in
   a real process) is raised here.
   """
+  from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   from tpjax import cli  # pylint: disable=g-import-not-at-top
+  app.define_help_flags()  # absl's own, defined once per process: not ours to delete
   hidden = [(m, f) for m, fs in flags.FLAGS.flags_by_module_dict().items()
             if m.startswith("tpjax") for f in fs]
   for _, flag in hidden:
