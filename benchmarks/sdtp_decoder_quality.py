@@ -1,30 +1,35 @@
-"""Quality of SDTP-pruned prefill on held-out SQuAD articles (issue 11 part B, item 8).
+"""SDTP against training-free prefill pruners on held-out SQuAD articles, with intervals.
 
-    python benchmarks/sdtp_decoder_quality.py --workdir=runs/smollm_sdtp \\
-        --lengths=1024,2048,4096 --docs=8,8,4 --qa_questions=24 \\
-        --out=benchmarks/results/sdtp_decoder_quality.json
+    python benchmarks/sdtp_decoder_quality.py --workdir=runs/smollm_sdtp --ratio=0.88 \\
+        --out=benchmarks/results/sdtp_decoder_eval.json
 
-Systems, all through the same compacting prefill code and selection interface
-(tpjax/pruning/sdtp_decoder.py; every pruned system keeps the same number of tokens at
-the same stages, and the same always-kept first 4 and last 10%): `full` (no pruning),
-`sdtp` (the trained predictors), and the training-free `recency` (StreamingLLM sinks +
-local window), `random` (seeded, `--seed`), `attention` (attention received from the
-last `--attention_queries` prompt tokens in the previous layer: LazyLLM / H2O / SnapKV)
-and `oracle` (the true saliency of the prompt being evaluated, `prompt_saliency` with
-the training target: the bound a predictor could reach; one extra forward + backward
-per prompt).
+Systems, all through the same compacting prefill and selection interface
+(tpjax/pruning/sdtp_decoder.py), every pruned one keeping the same number of tokens at
+the same stages and the same always-kept first and last tokens (checked per prompt):
+`full` (unpruned, the reference), `sdtp` (the trained predictors), the training-free
+`recency` (StreamingLLM sinks + local window), `random` (seeded, `--seed`), `attention`
+(attention received from the last `--attention_queries` prompt tokens in the previous
+layer: LazyLLM / H2O / SnapKV) and `oracle` (the true saliency of the prompt being
+evaluated: the bound a predictor could reach; one extra forward and backward pass per
+prompt, each layer recomputed so 4096 tokens fit in memory).
 
-(a) Continuation loss: the first L tokens of a held-out article are the prompt; the
-mean loss of the next 128 true tokens, decoded through each layer's pruned cache.
-(b) Greedy agreement: the fraction of 32 greedy tokens equal to `full`'s, position by
-position. (c) QA: an evaluation article's paragraphs around a question's answer (up to
-`--qa_length` tokens with the question), the question, the chat template; greedy answer
-(at most 32 tokens) scored by SQuAD F1 against the gold answers.
-Articles are the evaluation half of squad_docs.split (never trained on), in file order:
-for length L the first `docs` of them with at least L + 128 tokens. QA questions: the
-first question of evenly spaced paragraphs, `qa_per_article` per article in order.
-Items run round-robin (document i of every length, then article i's questions), so
-that `--deadline` stops a run with every length and QA covered about equally.
+Tasks and metrics (tpjax/inference/sdtp_eval.py): documents (`--docs` per length;
+KL(full || pruned), top-1 agreement and NLL over the `--continuation` true tokens, teacher
+forced through the pruned prompt's KV cache), SQuAD questions whose gold answer ends in
+the first half of the prompt (`--qa` per length; gold-answer NLL, exact match, exact
+match where `full` is exact), and a passkey at `--depths` (`--passkey` haystacks per
+length; retrieval, key NLL). Every metric gets a 95% bootstrap interval over articles,
+and every pruned system the paired interval of its difference from `--compare_to`.
+
+Prompts come from the evaluation half of squad_docs.split (odd article indices); the
+predictors trained on the even half (`train_articles` in the workdir's sdtp.json), and a
+shared title is an error. The split is recorded in the output. Items run round-robin
+(item i of every task and length before item i + 1), and the JSON is rewritten after
+each, so `--deadline` stops a run with every task covered about equally;
+`--summarize_only` recomputes intervals and the table from such a file.
+
+`--smoke`: a tiny random decoder with a byte tokenizer, random predictors and small
+counts, so the whole path runs in seconds (tests/test_sdtp_decoder_eval.py).
 """
 
 import argparse
@@ -38,242 +43,226 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-import numpy as np  # pylint: disable=g-import-not-at-top
 
 from tpjax.data import squad_docs  # pylint: disable=g-import-not-at-top
+from tpjax.inference import sdtp_eval  # pylint: disable=g-import-not-at-top
+from tpjax.models import decoder  # pylint: disable=g-import-not-at-top
 from tpjax.models import pretrained  # pylint: disable=g-import-not-at-top
 from tpjax.pruning import sdtp_decoder  # pylint: disable=g-import-not-at-top
+from tpjax.results import tables  # pylint: disable=g-import-not-at-top
+
+SYSTEMS = ("full", "sdtp", "recency", "random", "attention", "oracle")
+# --smoke's defaults: prompts long enough for the byte tokenizer's chat template.
+SMOKE = {"lengths": "320", "docs": "3", "qa": "2", "passkey": "1",
+         "continuation": 8, "qa_answer_slots": 16, "qa_steps": 4,
+         "bootstrap_resamples": 200, "out": "sdtp_decoder_eval_smoke.json"}
+TINY = decoder.DecoderConfig(
+    vocab_size=260, hidden_size=64, intermediate_size=128, num_hidden_layers=5,
+    num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=1e4,
+    max_position_embeddings=1024, tie_word_embeddings=True, bos_token_id=1,
+    eos_token_id=2, pad_token_id=0)
+TINY_SCHEDULE = sdtp_decoder.Schedule(layers=(2, 4), keep=(0.7, 0.45), keep_first=2,
+                                      keep_last=0.1, step=8)
 
 
-def _pad(ids: list[int], seq: int, pad_id: int):
-  out = np.full((1, seq), pad_id, np.int32)
-  valid = np.zeros((1, seq), bool)
-  out[0, :len(ids)], valid[0, :len(ids)] = ids, True
-  return out, valid
-
-
-def qa_items(tokenizer, articles, count: int, per_article: int, length: int):
-  """(title, question, prompt ids) for `count` questions."""
-  items = []
-  count_tokens = lambda text: len(tokenizer.encode(text))
-  for article in articles:
-    by_paragraph = {}
-    for q in article.questions:
-      by_paragraph.setdefault(q.paragraph, q)
-    paragraphs = sorted(by_paragraph)
-    picks = np.linspace(0, len(paragraphs) - 1, per_article).round().astype(int)
-    for i in dict.fromkeys(picks.tolist()):
-      q = by_paragraph[paragraphs[i]]
-      overhead = count_tokens(tokenizer.apply_chat_template(
-          [{"role": "user", "content": squad_docs.qa_prompt("", q.question)}]))
-      context = squad_docs.qa_context(article, q, length - overhead - 8, count_tokens)
-      prompt = tokenizer.apply_chat_template(
-          [{"role": "user", "content": squad_docs.qa_prompt(context, q.question)}])
-      items.append((article.title, q, tokenizer.encode(prompt)))
-      if len(items) == count:
-        return items
-  return items
-
-
-def main():
+def parse(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--workdir", default="runs/smollm_sdtp")
   parser.add_argument("--model", default="smollm2-135m")
   parser.add_argument("--ratio", type=float, default=None,
                       help="keep ratio per stage (default: the trained schedule's)")
-  parser.add_argument("--lengths", default="1024,2048,4096")
-  parser.add_argument("--docs", default="8,8,4")
+  parser.add_argument("--squad_path", default=squad_docs.DEFAULT_PATH)
+  parser.add_argument("--tasks", default=",".join(sdtp_eval.TASKS))
+  parser.add_argument("--lengths", default="1024,2048,4096", help="prompt tokens")
+  parser.add_argument("--docs", default="32,32,16", help="documents per length")
   parser.add_argument("--continuation", type=int, default=128)
-  parser.add_argument("--greedy", type=int, default=32)
-  parser.add_argument("--qa_questions", type=int, default=24)
-  parser.add_argument("--qa_per_article", type=int, default=3)
-  parser.add_argument("--qa_length", type=int, default=1024)
-  parser.add_argument("--systems", default="full,sdtp,recency,random,attention")
-  parser.add_argument("--seed", type=int, default=0, help="random baseline's seed")
+  parser.add_argument("--qa", default="32,32,16", help="questions per length")
+  parser.add_argument("--qa_answer_slots", type=int, default=32,
+                      help="longest gold answer (tokens); longer ones are skipped")
+  parser.add_argument("--qa_steps", type=int, default=32, help="greedy answer tokens")
+  parser.add_argument("--passkey", default="16,16,8", help="haystacks per length")
+  parser.add_argument("--depths", default="0.1,0.5,0.9", help="passkey depths")
+  parser.add_argument("--systems", default=",".join(SYSTEMS))
+  parser.add_argument("--compare_to", default="sdtp",
+                      help="paired differences of every other pruned system from this")
+  parser.add_argument("--seed", type=int, default=0,
+                      help="random baseline, question order and pass keys")
   parser.add_argument("--attention_queries", type=int, default=32,
                       help="attention baseline: last prompt tokens whose attention counts")
   parser.add_argument("--oracle_target_last", type=float, default=None,
                       help="oracle's target region (default: the schedule's keep_last)")
-  parser.add_argument("--out", default="benchmarks/results/sdtp_decoder_quality.json")
+  parser.add_argument("--bootstrap_resamples", type=int, default=10000)
+  parser.add_argument("--confidence", type=float, default=0.95)
+  parser.add_argument("--out", default="benchmarks/results/sdtp_decoder_eval.json")
   parser.add_argument("--deadline", type=float, default=0,
                       help="unix time after which no new item starts (0: none)")
   parser.add_argument("--summarize_only", action="store_true",
                       help="recompute the summary of an existing (partial) --out file")
-  args = parser.parse_args()
-  if args.summarize_only:
-    with open(args.out, encoding="utf-8") as f:
-      results = json.load(f)
-    results["keep"] = {int(k): v for k, v in results["keep"].items()}
-    results["summary"] = summarize(results, args.systems.split(","))
-    with open(args.out, "w", encoding="utf-8") as f:
-      json.dump(results, f, indent=1)
-    print(markdown(results["summary"], args.systems.split(",")))
-    return
+  parser.add_argument("--smoke", action="store_true",
+                      help="tiny random decoder, byte tokenizer, small counts")
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if "--smoke" in argv:
+    parser.set_defaults(**SMOKE)
+  return parser.parse_args(argv)
 
+
+def _counts(text: str, lengths: list, flag: str) -> list:
+  counts = [int(c) for c in text.split(",")]
+  if len(counts) != len(lengths):
+    raise SystemExit(f"--{flag} gives {len(counts)} counts for {len(lengths)} lengths.")
+  return counts
+
+
+def load(args):
+  """(model, params, tokenizer, predictors, schedule, train article titles)."""
+  if args.smoke:
+    model = decoder.DecoderModel(TINY)
+    params = decoder.init_params(model, jax.random.PRNGKey(0))
+    # Larger weights make attention (and so pruning) matter in a random model.
+    params = jax.tree.map(lambda p: p * 8.0 if p.ndim == 2 else p, params)
+    predictors = sdtp_decoder.init_predictors(TINY, TINY_SCHEDULE, jax.random.PRNGKey(1))
+    train, _ = squad_docs.split(squad_docs.load_articles(args.squad_path))
+    return (model, params, sdtp_eval.ByteTokenizer(), predictors, TINY_SCHEDULE,
+            [a.title for a in train])
   model, params, tokenizer = pretrained.load_pretrained(args.model)
   predictors, schedule, meta = sdtp_decoder.load_predictors(args.workdir, model.config,
                                                               args.ratio)
-  _, evaluation = squad_docs.split(squad_docs.load_articles())
-  assert not set(meta.get("train_articles", [])) & {a.title for a in evaluation}
-  engines = {
-      "full": sdtp_decoder.PrunedPrefill(model, params, None),
-      "sdtp": sdtp_decoder.PrunedPrefill(model, params, schedule,
-                                         sdtp_decoder.predictor_scorer, predictors),
-      "recency": sdtp_decoder.PrunedPrefill(model, params, schedule,
-                                            sdtp_decoder.recency_scorer, None),
-      "random": sdtp_decoder.PrunedPrefill(model, params, schedule,
-                                           sdtp_decoder.random_scorer,
-                                           jax.random.PRNGKey(args.seed)),
-      "attention": sdtp_decoder.PrunedPrefill(
+  trained_on = meta.get("config", {}).get("squad_path")
+  if trained_on and os.path.abspath(trained_on) != os.path.abspath(args.squad_path):
+    raise SystemExit(f"the predictors trained on {trained_on}, not {args.squad_path}: "
+                     "the article split is defined per file.")
+  return model, params, tokenizer, predictors, schedule, meta.get("train_articles", [])
+
+
+def engines_for(args, model, params, predictors, schedule) -> dict:
+  """{system: PrunedPrefill} for --systems, full first."""
+  make = {
+      "full": lambda: sdtp_decoder.PrunedPrefill(model, params, None),
+      "sdtp": lambda: sdtp_decoder.PrunedPrefill(
+          model, params, schedule, sdtp_decoder.predictor_scorer, predictors),
+      "recency": lambda: sdtp_decoder.PrunedPrefill(
+          model, params, schedule, sdtp_decoder.recency_scorer, None),
+      "random": lambda: sdtp_decoder.PrunedPrefill(
+          model, params, schedule, sdtp_decoder.random_scorer,
+          jax.random.PRNGKey(args.seed)),
+      "attention": lambda: sdtp_decoder.PrunedPrefill(
           model, params, schedule,
           sdtp_decoder.attention_scorer(model.config, args.attention_queries), None),
-      # score_params is set per prompt (set_oracle).
-      "oracle": sdtp_decoder.PrunedPrefill(model, params, schedule,
-                                           sdtp_decoder.oracle_scorer, None),
+      # score_params: this prompt's saliency, set before each prefill.
+      "oracle": lambda: sdtp_decoder.PrunedPrefill(
+          model, params, schedule, sdtp_decoder.oracle_scorer, None),
   }
-  oracle_last = (schedule.keep_last if args.oracle_target_last is None
-                 else args.oracle_target_last)
-  saliency_fn = jax.jit(lambda p, ids: sdtp_decoder.prompt_saliency(
-      model.config, p, ids, schedule, oracle_last)[0])
-
-  def set_oracle(ids: list[int], seq: int):
-    """The oracle engine's scores: the saliency of this prompt, padded to seq."""
-    table = np.zeros((len(schedule.layers), 1, seq), np.float32)
-    table[:, :, :len(ids)] = np.asarray(saliency_fn(params, jnp.asarray([ids], jnp.int32)))
-    engines["oracle"].score_params = jnp.asarray(table)
-
   systems = args.systems.split(",")
-  unknown = set(systems) - set(engines)
+  unknown = set(systems) - set(make)
   if unknown:
-    raise SystemExit(f"unknown systems {sorted(unknown)}; choose from {sorted(engines)}.")
+    raise SystemExit(f"unknown systems {sorted(unknown)}; choose from {sorted(make)}.")
   if systems[0] != "full":
-    raise SystemExit("--systems must start with full (the reference for agreement).")
-  results = {"command": " ".join(sys.argv), "workdir": args.workdir,
-             "schedule": {"layers": schedule.layers, "keep": schedule.keep,
-                          "keep_first": schedule.keep_first,
-                          "keep_last": schedule.keep_last, "step": schedule.step},
-             "continuation": [], "qa": [], "keep": {}}
+    raise SystemExit("--systems must start with full (the reference of every metric).")
+  return {name: make[name]() for name in systems}
 
-  def save():
-    with open(args.out, "w", encoding="utf-8") as f:
-      json.dump(results, f, indent=1)
 
-  tokens = {a.title: tokenizer.encode(a.text) for a in evaluation}
-  jobs = []  # (round, kind, payload): round-robin, so a deadline cut stays balanced
-  for length, count in zip(map(int, args.lengths.split(",")), map(int, args.docs.split(","))):
-    results["keep"][length] = sdtp_decoder.keep_fraction(model.config, schedule, length)
-    docs = [a.title for a in evaluation if len(tokens[a.title]) >= length + args.continuation]
-    jobs += [(i, "continuation", (length, title)) for i, title in enumerate(docs[:count])]
-  questions = qa_items(tokenizer, evaluation, args.qa_questions, args.qa_per_article,
-                       args.qa_length)
-  per_round = max(1, args.qa_per_article)
-  jobs += [(i // per_round, "qa", item) for i, item in enumerate(questions)]
-  jobs.sort(key=lambda job: (job[0], job[1] == "qa"))
-  pad_id = model.config.pad_token_id or 0
-  eos = model.config.eos_token_id
+def items_for(args, tokenizer, evaluation) -> list:
+  """Every task's items, round-robin over tasks and lengths."""
+  lengths = [int(n) for n in args.lengths.split(",")]
+  tasks = args.tasks.split(",")
+  tokens = {a.title: tokenizer.encode(a.text, add_special_tokens=False)
+            for a in evaluation}
+  sets = []
+  if "documents" in tasks:
+    sets += [sdtp_eval.document_items(tokens, n, c, args.continuation)
+             for n, c in zip(lengths, _counts(args.docs, lengths, "docs"))]
+  if "qa" in tasks:
+    sets += [sdtp_eval.qa_items(tokenizer, evaluation, tokens, n, c, args.qa_answer_slots,
+                                args.seed)
+             for n, c in zip(lengths, _counts(args.qa, lengths, "qa"))]
+  if "passkey" in tasks:
+    depths = [float(d) for d in args.depths.split(",")]
+    sets += [sdtp_eval.passkey_items(tokenizer, tokens, n, c, depths, args.seed)
+             for n, c in zip(lengths, _counts(args.passkey, lengths, "passkey"))]
+  return sdtp_eval.round_robin(sets)
+
+
+def summarize(results: dict, args) -> dict:
+  return sdtp_eval.summarize(results["items"], results["systems"], args.compare_to,
+                             args.confidence, args.bootstrap_resamples, args.seed)
+
+
+def main(argv=None) -> dict:
+  args = parse(argv)
+  if args.summarize_only:
+    with open(args.out, encoding="utf-8") as f:
+      results = json.load(f)
+    results["summary"] = summarize(results, args)
+    _save(results, args.out)
+    print(tables.sdtp_decoder_eval_table(results))
+    return results
+
+  model, params, tokenizer, predictors, schedule, train_titles = load(args)
+  train, evaluation = squad_docs.split(squad_docs.load_articles(args.squad_path))
+  overlap = sorted(set(train_titles) & {a.title for a in evaluation})
+  if overlap:
+    raise SystemExit(f"the predictors trained on evaluation articles {overlap}.")
+  engines = engines_for(args, model, params, predictors, schedule)
+  items = items_for(args, tokenizer, evaluation)
+  saliency = sdtp_eval.oracle_saliency(
+      model.config, schedule,
+      schedule.keep_last if args.oracle_target_last is None else args.oracle_target_last)
+
+  def prepare(name, engine, item):
+    if name == "oracle":
+      engine.score_params = saliency(params, jnp.asarray([item.prompt], jnp.int32))
+
+  lengths = sorted({item.length for item in items})
+  results = {
+      "command": " ".join(sys.argv if argv is None else ["sdtp_decoder_quality.py", *argv]),
+      "model": "tiny random decoder (--smoke)" if args.smoke else args.model,
+      "workdir": None if args.smoke else args.workdir,
+      "schedule": {"layers": list(schedule.layers), "keep": list(schedule.keep),
+                   "keep_first": schedule.keep_first, "keep_last": schedule.keep_last,
+                   "step": schedule.step},
+      "systems": list(engines), "compare_to": args.compare_to,
+      "split": {"source": os.path.basename(args.squad_path),
+                "rule": "squad_docs.split: even article indices train the predictors, "
+                        "odd ones evaluate",
+                "train_articles": list(train_titles),
+                "evaluation_articles": sorted({item.group for item in items})},
+      "settings": {k: getattr(args, k) for k in (
+          "tasks", "lengths", "docs", "continuation", "qa", "qa_answer_slots", "qa_steps",
+          "passkey", "depths", "seed", "attention_queries", "oracle_target_last")},
+      "bootstrap": {"confidence": args.confidence, "resamples": args.bootstrap_resamples,
+                    "seed": args.seed, "unit": "article (all its items together)"},
+      "keep": {str(n): sdtp_decoder.keep_fraction(model.config, schedule, n)
+               for n in lengths},
+      "items": []}
   start = time.time()
-  for _, kind, payload in jobs:
+  for item in items:
     if args.deadline and time.time() > args.deadline:
       print("deadline reached: stopping; the summary covers the items done", flush=True)
       results["stopped_at_deadline"] = True
       break
-    if kind == "continuation":
-      length, title = payload
-      ids = tokens[title]
-      prompt = np.asarray([ids[:length]], np.int32)
-      cont = np.asarray([ids[length:length + args.continuation]], np.int32)
-      row = {"length": length, "title": title}
-      if "oracle" in systems:
-        set_oracle(ids[:length], length)
-      for name in systems:
-        engine = engines[name]
-        t0 = time.time()
-        result = engine.prefill(prompt, np.ones_like(prompt, bool))
-        nll = engine.continuation_nll(result, cont)[0]
-        greedy = engine.greedy(result, args.greedy)[0]
-        row[name] = {"loss": float(nll.mean()), "greedy": greedy.tolist(),
-                     "kept_last_layer": int(result.kept[-1]),  # tokens, not slots
-                     "seconds": time.time() - t0}
-        if name != "full":
-          row[name]["agreement"] = float(np.mean(greedy == np.asarray(row["full"]["greedy"])))
-      results["continuation"].append(row)
-      print(f"[{time.time() - start:6.0f}s] L={length} {title}: " + ", ".join(
-          f"{n} loss {row[n]['loss']:.3f}" + (f" agree {row[n]['agreement']:.2f}"
-                                              if n != "full" else "")
-          for n in systems), flush=True)
-    else:
-      title, q, ids = payload
-      # One padded length for every question, so all share compiled shapes.
-      prompt, valid = _pad(ids, args.qa_length, pad_id)
-      row = {"title": title, "question": q.question, "answers": list(q.answers),
-             "prompt_tokens": len(ids)}
-      if "oracle" in systems:
-        set_oracle(ids, args.qa_length)
-      for name in systems:
-        engine = engines[name]
-        result = engine.prefill(prompt, valid, size_slots_for=args.qa_length)
-        out = engine.greedy(result, 32, eos=eos)[0].tolist()
-        out = out[:out.index(eos)] if eos in out else out
-        answer = tokenizer.decode(out).strip()
-        row[name] = {"answer": answer, "f1": squad_docs.f1(answer, q.answers)}
-      results["qa"].append(row)
-      print(f"[{time.time() - start:6.0f}s] QA {title}: " + ", ".join(
-          f"{n} F1 {row[n]['f1']:.2f}" for n in systems), flush=True)
-    save()
-
-  results["summary"] = summarize(results, systems)
-  save()
-  print(json.dumps(results["summary"], indent=1))
-  print(markdown(results["summary"], systems))
+    t0 = time.time()
+    row = sdtp_eval.evaluate_item(engines, item, pad_id=model.config.pad_token_id or 0,
+                                  eos=model.config.eos_token_id, decode=tokenizer.decode,
+                                  qa_steps=args.qa_steps, prepare=prepare)
+    row["seconds"] = time.time() - t0
+    results["items"].append(row)
+    _save(results, args.out)
+    metric = {"documents": "kl", "qa": "nll", "passkey": "retrieved"}[item.task]
+    print(f"[{time.time() - start:6.0f}s] {item.task} {item.length} {item.group}: "
+          + ", ".join(f"{n} {metric} {v[metric]:.3f}"
+                      for n, v in row["systems"].items() if metric in v), flush=True)
+  results["seconds"] = time.time() - start
+  results["summary"] = summarize(results, args)
+  _save(results, args.out)
+  print(tables.sdtp_decoder_eval_table(results))
+  return results
 
 
-def summarize(results, systems) -> dict:
-  """Means per length and system; relative loss change and F1 difference vs full."""
-  out = {}
-  lengths = sorted({r["length"] for r in results["continuation"]})
-  results["keep"] = {int(k): v for k, v in results["keep"].items()}
-  for length in lengths:
-    rows = [r for r in results["continuation"] if r["length"] == length]
-    entry = {"docs": len(rows), **results["keep"][length]}
-    full = np.array([r["full"]["loss"] for r in rows])
-    entry["full_loss"] = float(full.mean())
-    for name in systems[1:]:
-      loss = np.array([r[name]["loss"] for r in rows])
-      entry[name] = {"loss": float(loss.mean()),
-                     "loss_change": float(loss.mean() / full.mean() - 1),
-                     "loss_change_per_doc": (loss / full - 1).tolist(),
-                     "agreement": float(np.mean([r[name]["agreement"] for r in rows]))}
-    out[str(length)] = entry
-  if results["qa"]:
-    qa = {"questions": len(results["qa"]),
-          "mean_prompt_tokens": float(np.mean([r["prompt_tokens"] for r in results["qa"]]))}
-    for name in systems:
-      qa[f"{name}_f1"] = 100 * float(np.mean([r[name]["f1"] for r in results["qa"]]))
-    out["qa"] = qa
-  return out
-
-
-def markdown(summary: dict, systems) -> str:
-  """README tables from a summary."""
-  pruned = systems[1:]
-  head = (["prompt tokens", "docs", "kept at last stage / token-layers / MACs", "full loss"]
-          + [f"{n} loss (change)" for n in pruned] + [f"{n} greedy agreement" for n in pruned])
-  lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-  for length, e in summary.items():
-    if length == "qa":
-      continue
-    cells = [length, str(e["docs"]), f"{e['final_kept']:.3f} / {e['token_layers_kept']:.3f} / "
-             f"{e['relative_macs']:.3f}", f"{e['full_loss']:.3f}"]
-    cells += [f"{e[n]['loss']:.3f} ({100 * e[n]['loss_change']:+.1f}%)" for n in pruned]
-    cells += [f"{e[n]['agreement']:.3f}" for n in pruned]
-    lines.append("| " + " | ".join(cells) + " |")
-  if "qa" in summary:
-    qa = summary["qa"]
-    lines += ["", "| QA questions | mean prompt tokens | " + " | ".join(
-        f"{n} F1" for n in systems) + " |", "|" + " --- |" * (2 + len(systems)),
-              f"| {qa['questions']} | {qa['mean_prompt_tokens']:.0f} | " + " | ".join(
-                  f"{qa[n + '_f1']:.1f}" for n in systems) + " |"]
-  return "\n".join(lines)
+def _save(results: dict, path: str):
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(results, f, indent=1)
+  os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ class Question:
   question: str
   answers: tuple[str, ...]
   paragraph: int  # index of the paragraph that holds the answer
+  answer_start: int = -1  # character offset of answers[0] in that paragraph
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,10 +51,13 @@ def load_articles(path: str = DEFAULT_PATH) -> list[Article]:
   for art in data:
     paragraphs, questions = [], []
     for i, par in enumerate(art["paragraphs"]):
-      paragraphs.append(par["context"].strip())
+      context = par["context"]
+      paragraphs.append(context.strip())
+      shift = len(context) - len(context.lstrip())  # offsets count the stripped space
       for qa in par["qas"]:
+        start = qa["answers"][0]["answer_start"] - shift if qa["answers"] else -1
         questions.append(Question(qa["question"].strip(),
-                                  tuple(a["text"] for a in qa["answers"]), i))
+                                  tuple(a["text"] for a in qa["answers"]), i, start))
     articles.append(Article(art["title"], tuple(paragraphs), tuple(questions)))
   return articles
 
@@ -100,6 +104,20 @@ def _normalize(text: str) -> str:
   text = "".join(c for c in text.lower() if c not in set(string.punctuation))
   text = re.sub(r"\b(a|an|the)\b", " ", text)
   return " ".join(text.split())
+
+
+def answer_offset(article: Article, question: Question) -> int:
+  """Character offset of the question's first gold answer in `article.text`, or -1
+  when the file gives none."""
+  if question.answer_start < 0:
+    return -1
+  before = sum(len(p) + len(SEPARATOR) for p in article.paragraphs[:question.paragraph])
+  return before + question.answer_start
+
+
+def exact_match(prediction: str, answers: Sequence[str]) -> float:
+  """SQuAD exact match (0 or 1): the normalised prediction equals a normalised answer."""
+  return float(any(_normalize(prediction) == _normalize(a) for a in answers))
 
 
 def f1(prediction: str, answers: Sequence[str]) -> float:

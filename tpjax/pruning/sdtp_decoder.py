@@ -255,6 +255,22 @@ def init_predictors(config: decoder_lib.DecoderConfig, schedule: Schedule,
           for key in jax.random.split(rng, len(schedule.layers))]
 
 
+@functools.lru_cache(maxsize=None)
+def _model_functions(config: decoder_lib.DecoderConfig) -> tuple:
+  """Jitted (embed, layer_forward, layer_decode, head) of the decoder with `config`,
+  shared by every PrunedPrefill of that model, so systems compared on the same
+  prompts compile each shape once, not once per system."""
+  model = decoder_lib.DecoderModel(config)
+  embed = jax.jit(lambda p, ids: model.apply({"params": p}, ids, method=model.embed))
+  layer = jax.jit(functools.partial(decoder_lib.layer_forward, config))
+  # Decoding also runs layer by layer: layers whose caches have the same size share
+  # one compiled step, where a whole-model step would compile per cache-size tuple.
+  layer_decode = jax.jit(functools.partial(decoder_lib.layer_decode, config),
+                         donate_argnames=("cache",))
+  head = jax.jit(lambda p, x: model.apply({"params": p}, x, method=model.head))
+  return embed, layer, layer_decode, head
+
+
 @dataclasses.dataclass
 class PrefillResult:
   """A (pruned) prefill: next-token logits and each layer's surviving tokens."""
@@ -297,17 +313,10 @@ class PrunedPrefill:
                        f"{model.config.num_hidden_layers}-layer model.")
     self.model, self.params = model, params
     self.schedule, self.score_fn, self.score_params = schedule, score_fn, score_params
-    config = model.config
-    self._embed = jax.jit(lambda p, ids: model.apply({"params": p}, ids,
-                                                     method=model.embed))
-    self._layer = jax.jit(functools.partial(decoder_lib.layer_forward, config))
+    self._embed, self._layer, self._layer_decode, self._head = _model_functions(
+        model.config)
     self._select = jax.jit(self._select_impl, static_argnames=("stage", "slots"))
     self._last_logits = jax.jit(self._last_logits_impl)
-    # Decoding also runs layer by layer: layers whose caches have the same size share
-    # one compiled step, where a whole-model step would compile per cache-size tuple.
-    self._layer_decode = jax.jit(functools.partial(decoder_lib.layer_decode, config),
-                                 donate_argnames=("cache",))
-    self._head = jax.jit(lambda p, x: model.apply({"params": p}, x, method=model.head))
 
   def _decode(self, params, ids, positions, caches):
     """DecoderModel.decode, one compiled layer at a time; same inputs and outputs."""
@@ -385,6 +394,25 @@ class PrunedPrefill:
   def caches(self, result: PrefillResult, extra: int):
     return decoder_lib.caches_from_layers(result.kv, result.positions, result.valid, extra)
 
+  def continuation_logits(self, result: PrefillResult, tokens: np.ndarray) -> jax.Array:
+    """Teacher-forced next-token logits over a continuation of the prompt.
+
+    Args:
+      result: the prompt's prefill.
+      tokens: <int32>[batch, T], the T tokens that follow the prompt.
+    Returns:
+      <float32>[batch, T, vocab]: row t predicts tokens[:, t] from the (pruned) prompt
+      and tokens[:, :t]; row 0 is the prefill's own logits.
+    """
+    tokens = jnp.asarray(tokens)
+    steps = tokens.shape[1]
+    if steps == 1:
+      return result.logits[:, None]
+    caches = self.caches(result, steps)
+    positions = result.next_position[:, None] + jnp.arange(steps - 1)[None]
+    logits, _ = self._decode(self.params, tokens[:, :-1], positions, caches)
+    return jnp.concatenate([result.logits[:, None], logits], axis=1)
+
   def continuation_nll(self, result: PrefillResult, tokens: np.ndarray) -> np.ndarray:
     """Per-token loss of the true continuation after the prompt.
 
@@ -395,14 +423,9 @@ class PrunedPrefill:
       <float32>[batch, T]: token t's negative log-likelihood given the (pruned) prompt
       and the true tokens before it.
     """
-    tokens = jnp.asarray(tokens)
-    steps = tokens.shape[1]
-    caches = self.caches(result, steps)
-    positions = result.next_position[:, None] + jnp.arange(steps - 1)[None]
-    logits, _ = self._decode(self.params, tokens[:, :-1], positions, caches)
-    logits = jnp.concatenate([result.logits[:, None], logits], axis=1)
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    return -np.asarray(jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0])
+    logp = jax.nn.log_softmax(self.continuation_logits(result, tokens), axis=-1)
+    return -np.asarray(jnp.take_along_axis(logp, jnp.asarray(tokens)[..., None],
+                                           axis=-1)[..., 0])
 
   def greedy(self, result: PrefillResult, steps: int,
              eos: Optional[int] = None) -> np.ndarray:
@@ -470,7 +493,7 @@ def hard_mask_fn(schedule: Schedule, score_fn: ScoreFn, score_params,
 
 
 def probe_target_fn(config: decoder_lib.DecoderConfig, params, input_ids: jax.Array,
-                    layers: Sequence[int], loss_weights: jax.Array):
+                    layers: Sequence[int], loss_weights: jax.Array, remat: bool = False):
   """`target_fn(probes) -> (T, hiddens)` of the frozen, unpruned decoder, for
   sdtp.saliency_targets.
 
@@ -484,8 +507,13 @@ def probe_target_fn(config: decoder_lib.DecoderConfig, params, input_ids: jax.Ar
     input_ids: <int32>[batch, seq], unpadded windows.
     layers: pruning layers.
     loss_weights: <float32>[batch, seq - 1] which predictions T counts.
+    remat: recompute each layer in the backward pass instead of storing its
+      attention weights (a 4096-token prompt would hold several GB of them).
   """
   model = decoder_lib.DecoderModel(config)
+  layer_forward = functools.partial(decoder_lib.layer_forward, config)
+  if remat:
+    layer_forward = jax.checkpoint(layer_forward)
   positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
   valid = jnp.ones(input_ids.shape, bool)
   where = {l: i for i, l in enumerate(layers)}
@@ -497,8 +525,7 @@ def probe_target_fn(config: decoder_lib.DecoderConfig, params, input_ids: jax.Ar
       if l in where:
         x = x + probes[where[l]]
         hiddens.append(x)
-      x, _ = decoder_lib.layer_forward(config, decoder_lib.layer_params(params, l), x,
-                                       positions, valid)
+      x, _ = layer_forward(decoder_lib.layer_params(params, l), x, positions, valid)
     logits = model.apply({"params": params}, x[:, :-1], method=model.head)
     logp = jax.nn.log_softmax(logits, axis=-1)
     nll = -jnp.take_along_axis(logp, input_ids[:, 1:, None], axis=-1)[..., 0]
@@ -537,7 +564,8 @@ def target_weights(n: int, schedule: Schedule, target_last: float) -> np.ndarray
 
 
 def prompt_saliency(config: decoder_lib.DecoderConfig, params, input_ids: jax.Array,
-                    schedule: Schedule, target_last: float, norm: str = "seq_max"):
+                    schedule: Schedule, target_last: float, norm: str = "seq_max",
+                    remat: bool = False):
   """True saliency of prompts at every stage, the training target (`oracle_scorer`).
 
   Gradient times input of the frozen, unpruned decoder (sdtp.saliency_targets) for
@@ -548,6 +576,7 @@ def prompt_saliency(config: decoder_lib.DecoderConfig, params, input_ids: jax.Ar
     input_ids: <int32>[batch, n], unpadded prompts of one length n.
     target_last: the tail fraction T counts (inside schedule.keep_last).
     norm: one of sdtp.SALIENCY_NORMS.
+    remat: see `probe_target_fn` (same values, less memory, one more forward).
   Returns:
     (<float32>[stages, batch, n] targets (0 at always-kept tokens), hidden states
     entering the pruning layers <float32>[stages, batch, n, hidden], T <float32>[]).
@@ -559,7 +588,7 @@ def prompt_saliency(config: decoder_lib.DecoderConfig, params, input_ids: jax.Ar
   prunable = ~always_kept(positions, jnp.full((batch,), n), schedule.keep_first,
                           schedule.keep_last)
   stages = len(schedule.layers)
-  target_fn = probe_target_fn(config, params, input_ids, schedule.layers, weights)
+  target_fn = probe_target_fn(config, params, input_ids, schedule.layers, weights, remat)
   shapes = [(batch, n, config.hidden_size)] * stages
   targets, value = sdtp.saliency_targets(target_fn, shapes, norm, [prunable] * stages)
   _, hiddens = target_fn(tuple(jnp.zeros(sh) for sh in shapes))

@@ -11,7 +11,9 @@ Each file's kind is told by a key only that kind has (`kind_of`):
   rules      `benchmarks/top_rules.py`: one ToP run under both inference rules ("rows"
              whose entries have "rule");
   decoder_speed          `benchmarks/decoder_speed.py` ("decode_prompt_tokens");
-  sdtp_decoder_quality   `benchmarks/sdtp_decoder_quality.py` ("continuation");
+  sdtp_decoder_quality   `benchmarks/sdtp_decoder_quality.py` before the bootstrap
+                         evaluation ("continuation");
+  sdtp_decoder_eval      `benchmarks/sdtp_decoder_quality.py` ("bootstrap");
   sdtp_decoder_speed     `benchmarks/sdtp_decoder_speed.py` ("schedule" and "summary");
   engine_designs         `benchmarks/engine_designs.py` ("best_ms");
   train_speed            `benchmarks/train_speed.py` ("checkouts");
@@ -110,6 +112,7 @@ def kind_of(data) -> str:
   for kind, key in (("headline", "headline"), ("ratios", "points"),
                     ("decoder_speed", "decode_prompt_tokens"),
                     ("sdtp_decoder_quality", "continuation"),
+                    ("sdtp_decoder_eval", "bootstrap"),
                     ("engine_designs", "best_ms"), ("train_speed", "checkouts"),
                     ("train_speed", "dtypes"), ("precision_dots", "matrix_flags"),
                     ("precision_quality", "precision_quality"),

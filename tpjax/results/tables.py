@@ -17,6 +17,8 @@ The file's kind (`files.kind_of`, told by a key only that kind has) picks the ta
   decoder_speed, sdtp_decoder_quality, sdtp_decoder_speed, engine_designs,
   train_speed  one table each, from the script of the same name;
   fresh_clone  `make run` / `make test` timed on a fresh clone, and make run's stages;
+  sdtp_decoder_eval  `benchmarks/sdtp_decoder_quality.py` today: per task, every
+             system's metrics with 95% bootstrap intervals;
   headline   method x task: baseline accuracy, drop, relative FLOPs and measured
              speedup, each looked up in the curve and benchmark files.
 """
@@ -259,6 +261,61 @@ def sdtp_decoder_quality_table(data: dict) -> str:
   return out
 
 
+def _ci(d: dict, digits: int = 3, scale: float = 1.0) -> str:
+  """'0.123 [0.101, 0.150]': a mean and its bootstrap interval; '-' when missing."""
+  if not d:
+    return "-"
+  return (f"{scale * d['mean']:.{digits}f} [{scale * d['lo']:.{digits}f}, "
+          f"{scale * d['hi']:.{digits}f}]")
+
+
+def sdtp_decoder_eval_table(data: dict) -> str:
+  """Every system's metrics with 95% bootstrap intervals: documents (KL, top-1
+  agreement, NLL of the continuation), QA with the answer early (gold-answer NLL,
+  exact match), passkey retrieval per depth."""
+  summary, systems = data.get("summary", {}), data["systems"]
+  keep = data.get("keep", {})
+  out = []
+  if summary.get("documents"):
+    rows = []
+    for length, cell in summary["documents"].items():
+      kept = keep.get(length, {}).get("token_layers_kept")
+      for name in systems:
+        m = cell["systems"].get(name, {})
+        rows.append([length, f"{cell['items']} ({cell['articles']})",
+                     "-" if kept is None else f"{kept:.3f}", name, _ci(m.get("kl")),
+                     _ci(m.get("top1")), _ci(m.get("nll"))])
+    out.append(_table(["prompt tokens", "docs (articles)", "token-layers kept", "system",
+                       "KL(full ‖ pruned)", "top-1 agreement", "continuation NLL"],
+                      rows))
+  if summary.get("qa"):
+    rows = []
+    for length, cell in summary["qa"].items():
+      for name in systems:
+        m = cell["systems"].get(name, {})
+        given = m.get("em_given_full")
+        rows.append([length, f"{cell['items']} ({cell['articles']})",
+                     f"{cell['mean_answer_depth']:.2f}", name, _ci(m.get("nll")),
+                     _ci(m.get("em"), 0, 100),
+                     "-" if not given else f"{_ci(given, 0, 100)} of {given['n']}"])
+    out.append(_table(["prompt tokens", "questions (articles)", "mean answer depth",
+                       "system", "gold-answer NLL", "exact match (%)",
+                       "exact match where full is (%)"], rows))
+  if summary.get("passkey"):
+    depths = sorted({d for cell in summary["passkey"].values() for d in cell}, key=float)
+    rows = []
+    for length, cells in summary["passkey"].items():
+      items = max(c["items"] for c in cells.values())
+      for name in systems:
+        rows.append([length, str(items), name] + [
+            _ci(cells[d]["systems"].get(name, {}).get("retrieved"), 0, 100)
+            if d in cells else "-" for d in depths])
+    out.append(_table(["prompt tokens", "haystacks", "system"]
+                      + [f"passkey retrieved at {100 * float(d):.0f}% depth (%)"
+                         for d in depths], rows))
+  return "\n".join(out)
+
+
 def sdtp_decoder_speed_table(data: dict) -> str:
   """Time to first token of the full and the SDTP-pruned prefill, per length."""
   rows = []
@@ -413,6 +470,7 @@ _TABLES = {"precision_dots": precision_dots_table, "fresh_clone": fresh_clone_ta
            "ratios": ratios_table, "rules": rules_table,
            "decoder_speed": decoder_speed_table,
            "sdtp_decoder_quality": sdtp_decoder_quality_table,
+           "sdtp_decoder_eval": sdtp_decoder_eval_table,
            "sdtp_decoder_speed": sdtp_decoder_speed_table,
            "engine_designs": engine_designs_table, "train_speed": train_speed_table}
 
