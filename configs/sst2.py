@@ -4,8 +4,9 @@
 The soft stage's length sets the FLOPs: its regulariser keeps raising thresholds, and
 0.5 epochs at reg_lambda 0.05 ended at 0.534 relative FLOPs and 3.55 points below the
 fine-tune; 0.4 epochs aims at about 0.58, inside the 0.60 the main job promises.
-`benchmarks/sst2_lambda_sweep.sh` varies lambda and `benchmarks/ltp_variants.sh`
-compares the reference and tpjax variants, both from one fine-tuned run. Evaluating
+`benchmarks/ltp_sweep.sh` varies lambda and `benchmarks/ltp_variants.sh` compares
+the reference and tpjax variants, both from the task's one baseline run
+(benchmarks/results/baselines.json). Evaluating
 the selection slice every 250 steps gives the hard stage several checkpoints to
 choose from within the soft stage's FLOPs.
 """
