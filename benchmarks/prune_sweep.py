@@ -4,7 +4,7 @@ Applies the top-k or manual-threshold baseline to a fine-tuned run's weights (no
 further training) over a grid of settings, evaluates every setting on the run's
 held-out selection slice (the training examples its fine-tune held out), keeps the
 best setting within each relative-FLOPs level on the slice, and only then evaluates
-dev, once per chosen setting (`tpjax.inference.sweep.training_free`). The file records
+dev, once per chosen setting (`tpjax.training.sweep.training_free`). The file records
 the slice, every setting's slice metrics ('grid') and the chosen ones' dev metrics
 ('rows'); curves read the rows.
 
@@ -19,8 +19,8 @@ from absl import flags
 
 from tpjax import cli
 from tpjax.data import glue
-from tpjax.inference import sweep
 from tpjax.results import files as result_files
+from tpjax.training import sweep
 
 _TASK = flags.DEFINE_enum("task", "sst2", list(glue.TASKS),
                           "The task; --workdir defaults to its baseline.")

@@ -5,7 +5,7 @@ frozen) and location s keeps ceil(r^(s+1) * length) tokens. This evaluates a run
 final modules at each r on the run's held-out selection slice (masked evaluation, as
 every training summary; compacted inference equals it, tests/test_sdtp_encoder.py),
 keeps the best r within each relative-FLOPs level on the slice, and only then
-evaluates dev, once per chosen r (`tpjax.inference.sweep.sdtp_ratios`), with the
+evaluates dev, once per chosen r (`tpjax.training.sweep.sdtp_ratios`), with the
 prediction modules' own MACs added in `relative_flops_with_predictors`.
 
     python benchmarks/sdtp_sweep.py --workdir=runs/sst2_sdtp_r0.7 \
@@ -18,7 +18,7 @@ import json
 from absl import flags
 
 from tpjax import cli
-from tpjax.inference import sweep
+from tpjax.training import sweep
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A tpjax run with an SDTP soft stage.")
 _RATIOS = flags.DEFINE_list("ratios", [], "Values of r (sdtp_keep_ratio).")

@@ -4,7 +4,7 @@ Evaluates the soft stage's final ('latest') state and its 'best' checkpoint with
 `top_inference='expected'` and `'reference'` (tpjax/pruning/top.py, `closed_bins`) on
 the run's held-out selection slice, chooses the most accurate within the run's FLOPs
 budget there (as training hands over: else the fewest FLOPs), and evaluates dev for
-that one only (`tpjax.inference.sweep.top_rules`).
+that one only (`tpjax.training.sweep.top_rules`).
 
     python benchmarks/top_rules.py --workdir=runs/sst2_top_t0.5 \
         --out=benchmarks/results/sst2_top_t0.5_rules.json
@@ -15,7 +15,7 @@ import json
 from absl import flags
 
 from tpjax import cli
-from tpjax.inference import sweep
+from tpjax.training import sweep
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A ToP run.")
 _BUDGET = flags.DEFINE_float("flops_budget", None, "Most relative FLOPs of the choice, "

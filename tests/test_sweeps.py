@@ -15,11 +15,11 @@ import pytest
 from tests import helpers
 from tpjax.data import batching
 from tpjax.inference import loading
-from tpjax.inference import sweep
 from tpjax.results import curves
 from tpjax.results import files as result_files
 from tpjax.results import tables
 from tpjax.training import selection
+from tpjax.training import sweep
 from tpjax.training import train
 
 SPLIT = selection.SPLIT

@@ -1,7 +1,7 @@
 """Curve files from finished runs: one baseline per task, every choice on the slice.
 
 `benchmarks/plot_curve.py` and `benchmarks/ltp_variants_table.py` collect trained runs
-(their summary.json) and the sweeps of `tpjax.inference.sweep` into one curve file
+(their summary.json) and the sweeps of `tpjax.training.sweep` into one curve file
 per task. Everything in it must
   - compare against the task's one baseline (`files.task_baseline`): a trained run
     starts from its workdir (`init_from`), a sweep prunes it or a run started from it;

@@ -235,6 +235,8 @@ def sweep_name(data: dict) -> str:
   """'topk, 1 full layer', 'topk, reference schedule' or the method, of a sweep."""
   if data["method"] != "topk":
     return data["method"]
+  if len({g.get("topk_full_layers") for g in data.get("grid", [])}) > 1:
+    return "topk"  # several counts of full layers tried; each row says its own
   full = data["rows"][-1].get("topk_full_layers") or 0
   return f"topk, {full} full layer{'s' * (full != 1)}" if full else (
       "topk, reference schedule")

@@ -521,7 +521,8 @@ def baselines_table(data: dict, measured: dict) -> str:
     wall = entry.get("wall_time_s")
     rows.append([glue.TASKS[task].tsv_dir, entry["run"], _epochs(entry.get("epochs")).strip()
                  or "-", result, result_files.selection_label(entry),
-                 f"{wall / 60:.0f} min" if wall else "-", f"`{entry['command']}`"])
+                 f"{wall / 60:.0f} min" if wall else "-",
+                 f"`{entry['command']}`" if entry.get("command") else "-"])
   return _table(["task", "baseline run", "fine-tune", "dev accuracy", "checkpoint chosen on",
                  "wall time", "command"], rows)
 

@@ -13,7 +13,8 @@ evaluates dev, once per chosen setting. The result records `selected_on: 'select
 the slice (`selection.slice_record`: fraction, seed, size), every setting's slice
 metrics (`grid`) and the chosen settings' dev metrics (`rows`, or `points` for SDTP;
 each row's own `selection` entry holds its slice metrics, `flops_levels` the levels
-it was chosen for).
+it was chosen for). It lives beside the training loop because it evaluates as
+training does (`train.evaluate`), which inference modules never import.
 """
 
 import functools
