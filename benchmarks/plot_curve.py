@@ -1,116 +1,99 @@
-"""Accuracy versus relative FLOPs on SST-2: LTP, ToP and SDTP runs against top-k.
+"""Accuracy versus relative FLOPs of one task: its learned runs and training-free sweeps.
 
-Collects the dev results of finished runs (their summary.json) and a training-free
-top-k sweep (benchmarks/prune_sweep.py output), writes them to one JSON file and
-plots them.
+Collects finished runs (their summary.json) and the sweep files of
+benchmarks/prune_sweep.py, sdtp_sweep.py and top_rules.py into one curve file and
+plots it. Everything is measured against the task's one baseline
+(benchmarks/results/baselines.json) and chosen on the held-out selection slice:
+a run that started from another run, or chose its checkpoint on dev, is refused
+(`tpjax.results.curves`). Each run's dev result is the one its training reported at
+the checkpoint the slice chose; with --flops_levels each learned series keeps its best
+run per level, judged on the slice.
 
-    python benchmarks/plot_curve.py --ltp=runs/sst2_ltp_lam0.02,runs/sst2_ltp_lam0.05 \
-        --topk_runs=runs/sst2_topk0.4 --topk_sweep=benchmarks/results/sst2_topk_sweep.json \
-        --top=runs/sst2_top_t0.5 --out=benchmarks/results/sst2_curve
+    python benchmarks/plot_curve.py --task=sst2 \
+        --ltp=runs/sst2_ltp_lam0.02,runs/sst2_ltp_lam0.05 \
+        --top=runs/sst2_top_t0.3,runs/sst2_top_t0.5 \
+        --topk_sweep=benchmarks/results/sst2_topk_sweep.json --out=benchmarks/results/sst2_curve
 """
 
 import json
-import os
 
-from absl import app
 from absl import flags
 
+from tpjax import cli
+from tpjax.data import glue
+from tpjax.results import curves
+from tpjax.results import files as result_files
+
+_TASK = flags.DEFINE_enum("task", "sst2", list(glue.TASKS), "The task; its baseline is "
+                          "the one benchmarks/results/baselines.json names.")
 _LTP = flags.DEFINE_list("ltp", [], "LTP run directories.")
 _TOPK_RUNS = flags.DEFINE_list("topk_runs", [], "Top-k runs fine-tuned with pruning.")
 _TOP = flags.DEFINE_list("top", [], "ToP run directories.")
-_TOP_RULES = flags.DEFINE_list("top_rules", [], "benchmarks/top_rules.py JSON files: their "
-                               "final-state, 'expected'-rule rows join the ToP points.")
+_TOP_RULES = flags.DEFINE_list("top_rules", [], "benchmarks/top_rules.py JSON files: "
+                               "each one's setting chosen on the slice joins the ToP points.")
 _TOPK_SWEEP = flags.DEFINE_string("topk_sweep", None, "prune_sweep.py JSON (top-k).")
+_THRESHOLD_SWEEP = flags.DEFINE_string("threshold_sweep", None,
+                                       "prune_sweep.py JSON (manual thresholds).")
 _SDTP_RUNS = flags.DEFINE_list("sdtp_runs", [], "SDTP run directories (their own r).")
 _SDTP = flags.DEFINE_list("sdtp", [], "benchmarks/sdtp_sweep.py JSON files: one trained "
-                          "SDTP run at other keep ratios r.")
-_BASELINE = flags.DEFINE_string("baseline", "runs/sst2_ft", "The unpruned run.")
-_OUT = flags.DEFINE_string("out", "benchmarks/results/sst2_curve", "Output path stem.")
+                          "SDTP run at other keep ratios r, chosen on the slice.")
+_LEVELS = flags.DEFINE_list("flops_levels", [], "Keep only each learned series' best run "
+                            "(on the slice) at each of these relative FLOPs; empty: all.")
+_RESULTS = flags.DEFINE_string("results", result_files.DEFAULT_DIR,
+                               "Folder holding baselines.json.")
+_OUT = flags.DEFINE_string("out", None, "Output path stem (default "
+                           "benchmarks/results/<task>_curve).")
 
 
-def _run_point(workdir: str) -> dict:
-  with open(os.path.join(workdir, "summary.json")) as f:
-    summary = json.load(f)
-  dev = summary["dev"]["validation"]
-  return {"workdir": workdir, "method": summary["method"], "accuracy": dev["accuracy"],
-          "relative_flops": dev["relative_flops"],
-          "tokens_kept_per_layer": dev["tokens_kept_per_layer"],
-          "reg_lambda": summary["config"]["pruning"].get("reg_lambda"),
-          "keep_rate": summary["config"]["pruning"].get("keep_rate"),
-          "top_target": summary["config"]["pruning"].get("top_target"),
-          "sdtp_keep_ratio": summary["config"]["pruning"].get("sdtp_keep_ratio")}
-
-
-def main(argv):
-  del argv
-  result = {"baseline": _run_point(_BASELINE.value),
-            "ltp": [_run_point(w) for w in _LTP.value],
-            "topk_finetuned": [_run_point(w) for w in _TOPK_RUNS.value],
-            "top": [_run_point(w) for w in _TOP.value],
-            "topk_training_free": []}
-  if _SDTP_RUNS.value or _SDTP.value:
-    result["sdtp"] = [_run_point(w) for w in _SDTP_RUNS.value]
-  for path in _SDTP.value:
-    with open(path) as f:
-      sweep = json.load(f)
-    result["sdtp"].extend(
-        {"workdir": sweep["workdir"], "source": path, **p} for p in sweep["points"])
-  for path in _TOP_RULES.value:
-    with open(path) as f:
-      rules = json.load(f)
-    with open(os.path.join(rules["workdir"], "config.json")) as f:
-      target = json.load(f)["pruning"]["top_target"]
-    for r in rules["rows"]:
-      if r["checkpoint"] == "latest" and r["rule"] == "expected":
-        result["top"].append({"workdir": rules["workdir"], "method": "top",
-                              "accuracy": r["accuracy"],
-                              "relative_flops": r["relative_flops"],
-                              "tokens_kept_per_layer": r["tokens_kept_per_layer"],
-                              "top_target": target, "source": path})
-  if _TOPK_SWEEP.value:
-    with open(_TOPK_SWEEP.value) as f:
-      rows = json.load(f)["rows"]
-    result["topk_training_free"] = [
-        {k: r[k] for k in ("keep_rate", "accuracy", "relative_flops")}
-        for r in rows if r["method"] == "topk"]
-  with open(_OUT.value + ".json", "w") as f:
-    json.dump(result, f, indent=2)
-
+def plot(result: dict, path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  name = glue.TASKS[result["task"]].tsv_dir
   fig, ax = plt.subplots(figsize=(6, 4.2))
   base = result["baseline"]
-  ax.axhline(100 * base["accuracy"], color="gray", ls="--", lw=1, label="unpruned")
+  ax.axhline(100 * base["accuracy"], color="gray", ls="--", lw=1,
+             label=f"unpruned ({base['run']})")
   ax.axhline(100 * base["accuracy"] - 1, color="gray", ls=":", lw=1, label="unpruned - 1")
   series = [("ltp", "LTP (soft + hard)", "o-", "C0"),
             ("top", "ToP (gates + distillation)", "D-", "C3"),
             ("sdtp", "SDTP (saliency-trained modules)", "v-", "C4"),
             ("topk_finetuned", "top-k (hard fine-tune)", "s", "C1"),
-            ("topk_training_free", "top-k (training-free)", "^--", "C2")]
+            ("topk_training_free", "top-k (training-free)", "^--", "C2"),
+            ("threshold_training_free", "thresholds (training-free)", "x--", "C5")]
   for key, label, style, color in series:
-    points = sorted(result.get(key, []), key=lambda p: p["relative_flops"])
+    points = sorted(result.get(key) or [], key=lambda p: p["relative_flops"])
     if points:
       ax.plot([p["relative_flops"] for p in points], [100 * p["accuracy"] for p in points],
               style, color=color, label=label)
-  for p in result["ltp"]:
-    ax.annotate(f"λ={p['reg_lambda']}", (p["relative_flops"], 100 * p["accuracy"]),
-                textcoords="offset points", xytext=(4, -10), fontsize=8)
-  for p in result["top"]:
-    ax.annotate(f"t={p['top_target']}", (p["relative_flops"], 100 * p["accuracy"]),
-                textcoords="offset points", xytext=(4, 4), fontsize=8)
-  for p in result.get("sdtp", []):
-    ax.annotate(f"r={p['sdtp_keep_ratio']}", (p["relative_flops"], 100 * p["accuracy"]),
-                textcoords="offset points", xytext=(4, -10), fontsize=8)
+      for p in points:
+        ax.annotate(result_files.setting_label(p), (p["relative_flops"], 100 * p["accuracy"]),
+                    textcoords="offset points", xytext=(4, -10), fontsize=7)
   ax.set_xlabel("relative FLOPs (real lengths)")
-  ax.set_ylabel("SST-2 dev accuracy (%)")
-  ax.set_title("MiniLM-L6 on SST-2: accuracy vs FLOPs")
+  ax.set_ylabel(f"{name} dev accuracy (%)")
+  ax.set_title(f"MiniLM-L6 on {name}: accuracy vs FLOPs, chosen on the held-out slice",
+               fontsize=9)
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=8, loc="lower right")
+  ax.legend(fontsize=7, loc="lower right")
   fig.tight_layout()
-  fig.savefig(_OUT.value + ".png", dpi=120)
+  fig.savefig(path, dpi=120)
+
+
+def main(argv):
+  del argv
+  task = _TASK.value
+  runs = {"ltp": _LTP.value, "top": _TOP.value, "topk_finetuned": _TOPK_RUNS.value}
+  if _SDTP_RUNS.value:
+    runs["sdtp"] = _SDTP_RUNS.value
+  sweeps = [p for p in (_TOPK_SWEEP.value, _THRESHOLD_SWEEP.value) if p]
+  result = curves.collect(task, runs, _TOP_RULES.value, sweeps, _SDTP.value,
+                   [float(v) for v in _LEVELS.value] or None, _RESULTS.value)
+  out = _OUT.value or f"{result_files.DEFAULT_DIR}/{task}_curve"
+  with open(out + ".json", "w") as f:
+    json.dump(result, f, indent=2)
+  plot(result, out + ".png")
   print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -1,62 +1,56 @@
-"""Dev accuracy and relative FLOPs of a fine-tuned run under training-free pruning.
+"""Training-free top-k or manual thresholds on a task's baseline, chosen on its slice.
 
-Applies the manual-threshold or top-k baseline to a run's fine-tuned weights (no
-further training) over a grid of settings, for choosing LTP's threshold scale and for
-top-k points on the accuracy-versus-FLOPs curve.
+Applies the top-k or manual-threshold baseline to a fine-tuned run's weights (no
+further training) over a grid of settings, evaluates every setting on the run's
+held-out selection slice (the training examples its fine-tune held out), keeps the
+best setting within each relative-FLOPs level on the slice, and only then evaluates
+dev, once per chosen setting (`tpjax.training.sweep.training_free`). The file records
+the slice, every setting's slice metrics ('grid') and the chosen ones' dev metrics
+('rows'); curves read the rows.
 
-    python benchmarks/prune_sweep.py --workdir=runs/sst2 --method=topk \
-        --values=0.9,0.7,0.5,0.3 --out=benchmarks/results/sst2_topk_sweep.json
+    python benchmarks/prune_sweep.py --task=sst2 --method=topk \
+        --values=0.5,0.3,0.2,0.1,0.05,0.01 --topk_full_layers=1,2,3 \
+        --out=benchmarks/results/sst2_topk_sweep.json
 """
 
-import functools
 import json
 
-from absl import app
 from absl import flags
 
-from tpjax.training import parallel
-from tpjax.training import train
-from tpjax.data import batching
+from tpjax import cli
 from tpjax.data import glue
-from tpjax.inference import loading
+from tpjax.results import files as result_files
+from tpjax.training import sweep
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A tpjax run with a finetune stage.")
+_TASK = flags.DEFINE_enum("task", "sst2", list(glue.TASKS),
+                          "The task; --workdir defaults to its baseline.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "A tpjax run with a finetune stage "
+                               "(default: the task's baseline, baselines.json).")
 _METHOD = flags.DEFINE_enum("method", "topk", ["topk", "threshold"], "Baseline.")
 _VALUES = flags.DEFINE_list("values", [], "keep_rate (topk) or final_threshold values.")
-_FULL = flags.DEFINE_integer("topk_full_layers", 0, "topk: unpruned first layers "
-                              "(0: the reference rule).")
+_FULL = flags.DEFINE_list("topk_full_layers", ["0"], "topk: unpruned first layers to "
+                          "try, each with every value (0: the reference rule).")
+_LEVELS = flags.DEFINE_list("flops_levels", [str(v) for v in sweep.DEFAULT_LEVELS],
+                            "Relative FLOPs levels: the best setting within each, on "
+                            "the slice, is reported on dev.")
 _OUT = flags.DEFINE_string("out", None, "JSON output path.")
 
 
 def main(argv):
   del argv
-  key = "keep_rate" if _METHOD.value == "topk" else "final_threshold"
-  mesh = parallel.make_mesh(1)
-  rows = []
-  for value in [None] + [float(v) for v in _VALUES.value]:
-    overrides = {"method": "none"} if value is None else {
-        "method": _METHOD.value, key: value, "topk_full_layers": _FULL.value}
-    run = loading.load_run(_WORKDIR.value, stage="finetune", pruning_overrides=overrides)
-    config = run.config
-    config.data.buckets = batching.normalize_buckets(config.data.buckets,
-                                                     config.data.max_length)
-    info = glue.TASKS[config.task]
-    data = batching.load_split(config, run.tokenizer, info.eval_splits[0], None)
-    p_eval = parallel.data_parallel_eval_step(
-        functools.partial(train.eval_step, model=run.model, method=run.method,
-                          stage=run.prune_stage), mesh)
-    result = train.evaluate(p_eval, run.params, data, config.task, config, mesh,
-                            run.tokenizer.pad_token_id, run.model.config)
-    result.update({"method": overrides["method"], key: value,
-                   "topk_full_layers": _FULL.value})
-    print(json.dumps(result))
-    rows.append(result)
+  entry = result_files.task_baseline(_TASK.value) or {}
+  workdir = _WORKDIR.value or entry.get("workdir")
+  if not workdir:
+    raise ValueError(f"Task {_TASK.value!r} names no baseline; pass --workdir.")
+  result = sweep.training_free(workdir, _METHOD.value, [float(v) for v in _VALUES.value],
+                               [int(f) for f in _FULL.value],
+                               [float(v) for v in _LEVELS.value])
+  result["baseline"] = result_files.baseline_record(workdir, _TASK.value)
+  print(json.dumps(result["rows"], indent=1))
   if _OUT.value:
     with open(_OUT.value, "w") as f:
-      json.dump({"workdir": _WORKDIR.value, "method": _METHOD.value, "rows": rows}, f,
-                indent=2)
+      json.dump(result, f, indent=2)
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("workdir")
-  app.run(main)
+  cli.run(main)

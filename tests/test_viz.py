@@ -112,7 +112,12 @@ def test_pareto_front():
 def test_pareto_plot_of_the_measured_results(tmp_path):
   points = result_files.accuracy_points(_RESULTS, "sst2")
   series = list(dict.fromkeys(p.series for p in points))
-  assert {"unpruned", "LTP", "topk, 1 full layer, training-free"} <= set(series)
+  assert {"unpruned", "LTP", "ToP"} <= set(series)
+  # one baseline: the 1-epoch sst2_ft's top-k sweeps are not SST-2's baseline
+  base = result_files.task_baseline("sst2", _RESULTS)
+  measured = result_files.read_all(_RESULTS)
+  assert all(result_files.uses_baseline(measured[p.source], base) for p in points)
+  assert len({p.accuracy for p in points if p.series == "unpruned"}) == 1
   path = str(tmp_path / "pareto.png")
   plots.pareto_plot(points, path=path)
   img = _assert_picture(path, 640, 440)

@@ -90,6 +90,22 @@ def hold_out(data: Encoded, fraction: float, max_examples: int,
   return subset(data, keep), subset(data, held)
 
 
+def load_train(config, tokenizer: tokenization.Tokenizer
+               ) -> tuple[Encoded, Optional[Encoded]]:
+  """The config's training set, split into (what is trained on, the selection slice).
+
+  The one place that reproduces a run's slice: training and every sweep over a
+  trained run call it with the run's config, so they hold out the same examples
+  (the first `max_train_examples` training examples, then `hold_out` with the
+  `selection_*` fields). The slice is None when `selection_fraction` is 0 or absent
+  (a config written before the slice existed).
+  """
+  data = load_split(config, tokenizer, "train", config.data.get("max_train_examples"))
+  return hold_out(data, config.data.get("selection_fraction", 0.0),
+                  config.data.get("selection_max_examples", 0),
+                  config.data.get("selection_seed", 0))
+
+
 def normalize_buckets(buckets: Sequence[int], max_length: int) -> tuple[int, ...]:
   """Sorted bucket lengths up to max_length, always ending at max_length."""
   kept = sorted({b for b in buckets if 0 < b < max_length})

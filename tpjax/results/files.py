@@ -18,7 +18,12 @@ Each file's kind is told by a key only that kind has (`kind_of`):
   engine_designs         `benchmarks/engine_designs.py` ("best_ms");
   train_speed            `benchmarks/train_speed.py` ("checkouts");
   fresh_clone            `benchmarks/fresh_clone.sh`: make run/test timed ("install_s");
-  headline   not a measurement: the runs README's headline table shows ("headline").
+  headline   not a measurement: the runs README's headline table shows ("headline");
+  baselines  not a measurement: the one baseline run of each task ("baselines"), which
+             every curve, table and plot of the task compares against (`task_baseline`).
+Files written since the held-out selection slice record `selected_on: 'selection'` and
+the slice (`tpjax.training.selection.slice_record`); a file without it chose its
+checkpoints and settings on dev (`selected_on`).
 Files of other shapes are skipped by the plots, so new result kinds never break them;
 a README table of an unknown kind is an error.
 """
@@ -27,10 +32,16 @@ import dataclasses
 import glob
 import json
 import os
+from typing import Optional
 
 from tpjax.data import glue
+from tpjax.training import selection
 
 DEFAULT_DIR = os.path.join("benchmarks", "results")
+# The file naming each task's one baseline run: {"baselines": {task: entry}}, each
+# entry {"run": name, "workdir": path, "epochs": fine-tune epochs, "command": ...,
+# "selected_on": ...} and, once `benchmarks/baseline.py` recorded it, its dev metrics.
+BASELINES = "baselines.json"
 
 # Display names of the systems `tpjax.benchmark` measures, in table order.
 SYSTEM_NAMES = {
@@ -57,12 +68,15 @@ class Point:
     accuracy: Dev accuracy in [0, 1].
     label: Its setting, e.g. 'λ=0.05' or 'k=0.3'; '' when none.
     source: File name it was read from.
+    selected_on: 'selection' when its checkpoint and setting were chosen on the
+      held-out slice, 'dev' when on dev (every file made before the slice).
   """
   series: str
   relative_flops: float
   accuracy: float
   label: str
   source: str
+  selected_on: str = selection.DEV
 
 
 def read_all(results_dir: str = DEFAULT_DIR) -> dict:
@@ -95,6 +109,74 @@ def is_rules(data) -> bool:
           and bool(data["rows"]) and "rule" in data["rows"][0])
 
 
+def selected_on(entry: dict) -> str:
+  """'selection' if a result file (or one point of it) chose on the held-out slice,
+  else 'dev': files without `selected_on` were made before the slice existed."""
+  value = entry.get("selected_on") if isinstance(entry, dict) else None
+  return selection.SPLIT if value == selection.SPLIT else selection.DEV
+
+
+def selection_label(data: dict) -> str:
+  """'dev' or 'held-out slice (2000 train examples, seed 0)', of a file or point."""
+  if selected_on(data) != selection.SPLIT:
+    return "dev"
+  record = data.get("selection") or {}
+  if "examples" not in record:  # a point: its file's record says the size
+    return "held-out slice"
+  return (f"held-out slice ({record['examples']} train examples, seed "
+          f"{record['seed']})")
+
+
+def baselines(results_dir: str = DEFAULT_DIR) -> dict:
+  """{task: entry} from `BASELINES`: the one baseline run of each task; {} if none."""
+  path = os.path.join(results_dir, BASELINES)
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)["baselines"]
+
+
+def task_baseline(task: str, results_dir: str = DEFAULT_DIR) -> Optional[dict]:
+  """The baseline entry of `task` (see `BASELINES`), or None when none is named."""
+  return baselines(results_dir).get(task)
+
+
+def baseline_record(workdir: str, task: str, results_dir: str = DEFAULT_DIR) -> dict:
+  """{'run', 'workdir', 'epochs'} of an unpruned run a sweep prunes; the epochs are
+  the task's baseline's when it is that run, else unknown (None)."""
+  entry = task_baseline(task, results_dir) or {}
+  run = os.path.basename(os.path.normpath(workdir))
+  return {"run": run, "workdir": workdir,
+          "epochs": entry.get("epochs") if run == entry.get("run") else None}
+
+
+def baseline_of(data: dict) -> tuple:
+  """(run name, fine-tune epochs or None) of the unpruned run a curve or sweep file
+  compares against: a curve's 'baseline' entry, a sweep's own run."""
+  base = data.get("baseline")
+  if not isinstance(base, dict):
+    base = data
+  run = base.get("run") or os.path.basename(os.path.normpath(base.get("workdir") or ""))
+  return run, base.get("epochs")
+
+
+def uses_baseline(data: dict, entry: Optional[dict]) -> bool:
+  """Whether a curve or sweep file compares against baseline `entry` (its run, and
+  its epochs where both say: `sst2_ft` named two runs of different length)."""
+  if not entry:
+    return False
+  run, epochs = baseline_of(data)
+  if run != entry["run"]:
+    return False
+  return epochs is None or entry.get("epochs") is None or (
+      float(epochs) == float(entry["epochs"]))
+
+
+def task_of(name: str, data: dict) -> str:
+  """The task of a result file: its 'task' entry, else its name's prefix."""
+  return data.get("task") or name.split("_", 1)[0]
+
+
 def kind_of(data) -> str:
   """The kind of a result file (see the module docstring), or '' when unknown."""
   if not isinstance(data, dict):
@@ -109,7 +191,8 @@ def kind_of(data) -> str:
     return "rules"
   if isinstance(data.get("cpu"), dict):  # precision_dots.py: the CPU it ran on
     data = {**data, "matrix_flags": data["cpu"].get("matrix_flags")}
-  for kind, key in (("headline", "headline"), ("ratios", "points"),
+  for kind, key in (("headline", "headline"), ("baselines", "baselines"),
+                    ("ratios", "points"),
                     ("decoder_speed", "decode_prompt_tokens"),
                     ("sdtp_decoder_quality", "continuation"),
                     ("sdtp_decoder_eval", "bootstrap"),
@@ -146,15 +229,19 @@ def setting_label(entry: dict) -> str:
 
 
 def curve_runs(data: dict) -> list:
-  """(series name, run points) of a curve file, the unpruned baseline left out."""
+  """(series name, run points) of a curve file, the unpruned baseline left out, and
+  the training-free series too (their sweep files are read instead)."""
   return [(_RUN_SERIES.get(key, key), runs) for key, runs in data.items()
-          if key not in ("baseline", "topk_training_free") and isinstance(runs, list)]
+          if key != "baseline" and not key.endswith("_training_free")
+          and isinstance(runs, list) and all(isinstance(p, dict) for p in runs)]
 
 
 def sweep_name(data: dict) -> str:
   """'topk, 1 full layer', 'topk, reference schedule' or the method, of a sweep."""
   if data["method"] != "topk":
     return data["method"]
+  if len({g.get("topk_full_layers") for g in data.get("grid", [])}) > 1:
+    return "topk"  # several counts of full layers tried; each row says its own
   full = data["rows"][-1].get("topk_full_layers") or 0
   return f"topk, {full} full layer{'s' * (full != 1)}" if full else (
       "topk, reference schedule")
@@ -162,9 +249,12 @@ def sweep_name(data: dict) -> str:
 
 def _curve_points(name: str, data: dict) -> list:
   base = data["baseline"]
-  points = [Point("unpruned", base["relative_flops"], base["accuracy"], "", name)]
+  chosen = selected_on(data)
+  points = [Point("unpruned", base["relative_flops"], base["accuracy"], "", name,
+                  selected_on(base) if chosen == selection.SPLIT else chosen)]
   for series, runs in curve_runs(data):
-    points += [Point(series, p["relative_flops"], p["accuracy"], setting_label(p), name)
+    points += [Point(series, p["relative_flops"], p["accuracy"], setting_label(p), name,
+                     selected_on(p) if chosen == selection.SPLIT else chosen)
                for p in runs]
   return points
 
@@ -172,23 +262,26 @@ def _curve_points(name: str, data: dict) -> list:
 def _sweep_points(name: str, data: dict) -> list:
   series = f"{sweep_name(data)}, training-free"
   return [Point(series, row["relative_flops"], row["accuracy"], setting_label(row),
-                name)
+                name, selected_on(data))
           for row in data["rows"] if row["method"] != "none"]  # none: the baseline
 
 
 def accuracy_points(results_dir: str = DEFAULT_DIR, task: str = "sst2") -> list:
-  """Every accuracy-versus-FLOPs point measured for `task`.
+  """Every accuracy-versus-FLOPs point measured for `task` against its one baseline.
 
   Args:
     results_dir: Folder of result JSON files.
-    task: GLUE task; curve and sweep files are named `<task>_*.json`.
+    task: GLUE task; curve and sweep files are named `<task>_*.json`. Only files
+      whose baseline is the task's (`task_baseline`, `uses_baseline`) count, so
+      points measured from baselines of other lengths never share a plot.
 
   Returns:
-    `Point`s, in file order.
+    `Point`s, in file order; [] when the task names no baseline.
   """
   points = []
+  entry = task_baseline(task, results_dir)
   for name, data in read_all(results_dir).items():
-    if not name.startswith(f"{task}_"):
+    if not name.startswith(f"{task}_") or not uses_baseline(data, entry):
       continue
     if is_curve(data):
       points += _curve_points(name, data)

@@ -24,6 +24,7 @@ from matplotlib.backends import backend_agg
 import numpy as np
 
 from tpjax.results import files as result_files
+from tpjax.training import selection
 
 KEPT_COLOUR = "#2f9e44"    # a token still present after the layer
 PRUNED_COLOUR = "#ffa8a8"  # a token removed at or before the layer
@@ -181,7 +182,8 @@ def pareto_plot(points: Sequence[result_files.Point], title: str = "",
     path: PNG file to write, or None.
 
   Returns:
-    The figure: one marker style per series, the front as a grey step line.
+    The figure: one marker style per series, the front as a grey step line; a
+    series whose checkpoints or settings were chosen on dev says so in the legend.
   """
   fig = _figure(6.4, 4.4)
   ax = fig.add_subplot()
@@ -192,7 +194,8 @@ def pareto_plot(points: Sequence[result_files.Point], title: str = "",
                    key=lambda p: p.relative_flops)
     ax.plot([p.relative_flops for p in group], [100 * p.accuracy for p in group],
             marker=markers[i % len(markers)], ls="-" if len(group) > 1 else "",
-            color=f"C{i}", label=name)
+            color=f"C{i}", label=name + (", chosen on dev" if any(
+                p.selected_on != selection.SPLIT for p in group) else ""))
     for p in group:
       if p.label:
         ax.annotate(p.label, (p.relative_flops, 100 * p.accuracy), fontsize=7,

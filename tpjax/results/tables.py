@@ -20,7 +20,12 @@ The file's kind (`files.kind_of`, told by a key only that kind has) picks the ta
   sdtp_decoder_eval  `benchmarks/sdtp_decoder_quality.py` today: per task, every
              system's metrics with 95% bootstrap intervals;
   headline   method x task: baseline accuracy, drop, relative FLOPs and measured
-             speedup, each looked up in the curve and benchmark files.
+             speedup, each looked up in the curve and benchmark files;
+  baselines  the one baseline run of each task, its command and dev result.
+Curve, sweep, ratios and rules tables end with a line saying where their choices were
+made: on the held-out selection slice (its size and seed), or on dev for files made
+before the slice existed; a curve or sweep measured against another baseline than its
+task's says so in its first row or header.
 """
 
 import os
@@ -28,8 +33,10 @@ import re
 
 import numpy as np
 
+from tpjax.data import glue
 from tpjax.results import files as result_files
 from tpjax.results import plots
+from tpjax.training import selection
 
 BLOCK = re.compile(
     r"(<!-- report:(?P<name>[^ ]+) -->\n)(?P<body>.*?)(<!-- /report -->)", re.DOTALL)
@@ -50,12 +57,40 @@ def _fractions(values: list) -> str:
   return ", ".join("1" if v >= 0.9995 else f"{v:.3f}".lstrip("0") for v in values)
 
 
+def _epochs(epochs) -> str:
+  return f" {epochs:g} epoch{'s' * (epochs != 1)}" if isinstance(epochs, (int, float)) else ""
+
+
 def _baseline_label(base: dict) -> str:
   """'fine-tuned 0.5 epoch (sst2_ft), unpruned', from what the file records."""
-  epochs = base.get("epochs")
-  run = os.path.basename(os.path.normpath(base.get("workdir", "")))
-  text = "fine-tuned" + (f" {epochs:g} epoch{'s' * (epochs != 1)}" if epochs else "")
-  return text + (f" ({run})" if run else "") + ", unpruned"
+  run = base.get("run") or os.path.basename(os.path.normpath(base.get("workdir", "")))
+  return ("fine-tuned" + _epochs(base.get("epochs")) + (f" ({run})" if run else "")
+          + ", unpruned")
+
+
+def _other_baseline(name: str, data: dict, measured: dict) -> str:
+  """', not the task's baseline (sst2_ft, 0.5 epochs)' when a curve or sweep file
+  compares against another run than its task's one baseline; else ''."""
+  entry = _baselines(measured).get(result_files.task_of(name, data))
+  if not entry or result_files.uses_baseline(data, entry):
+    return ""
+  return f", not the task's baseline ({entry['run']}{_epochs(entry.get('epochs'))})"
+
+
+def _baselines(measured: dict) -> dict:
+  return (measured.get(result_files.BASELINES) or {}).get("baselines", {})
+
+
+def _chosen_note(data: dict) -> str:
+  """The line under a table saying where its checkpoints and settings were chosen."""
+  if result_files.selected_on(data) != selection.SPLIT:
+    return ("\nMade before the held-out selection slice: checkpoints and settings "
+            "chosen on dev.\n")
+  record = data["selection"]
+  total = record["examples"] + record["train_examples"]
+  return (f"\nChosen on the held-out selection slice ({record['examples']} of {total} "
+          f"training examples, fraction {record['fraction']:g}, seed {record['seed']}); "
+          "dev evaluated once, at the choice.\n")
 
 
 def _budget_table(data: dict) -> str:
@@ -78,30 +113,76 @@ def _budget_table(data: dict) -> str:
                         "wall time soft + hard"], rows)
 
 
-def curve_table(data: dict) -> str:
+def _level_list(levels) -> str:
+  """'0.55, 0.65' for the FLOPs levels a setting was chosen at ('any': unbounded)."""
+  return ", ".join("any" if v is None else f"{v:g}" for v in levels or [])
+
+
+def _levels(p: dict) -> str:
+  """' (≤ 0.55, 0.65)' after a curve point chosen at those FLOPs levels; else ''."""
+  levels = p.get("flops_levels")
+  return f" (≤ {_level_list(levels)})" if levels else ""
+
+
+def curve_table(data: dict, name: str = "", measured: dict = None) -> str:
   """Every trained run of a curve file against the unpruned run they started from."""
   base = data["baseline"]
-  rows = [[_baseline_label(base), _pct(base["accuracy"]), "-", "1.000",
+  rows = [[_baseline_label(base) + _other_baseline(name, data, measured or {}),
+           _pct(base["accuracy"]), "-", "1.000",
            _fractions(base["tokens_kept_per_layer"])]]
   for series, runs in result_files.curve_runs(data):
     for p in sorted(runs, key=lambda p: p["relative_flops"], reverse=True):
-      rows.append([f"{series} {result_files.setting_label(p)}".strip(), _pct(p["accuracy"]),
+      rows.append([f"{series} {result_files.setting_label(p)}".strip() + _levels(p),
+                   _pct(p["accuracy"]),
                    _pct(base["accuracy"] - p["accuracy"]), f"{p['relative_flops']:.3f}",
                    _fractions(p["tokens_kept_per_layer"])])
-  return _table(["model", "dev accuracy", "drop", "relative FLOPs",
-                 "tokens kept per layer (fraction of real)"], rows) + _budget_table(data)
+  for key in ("topk_training_free", "threshold_training_free"):
+    if result_files.selected_on(data) != selection.SPLIT:
+      break  # older files copy a sweep file's rows; its own table shows them
+    for p in data.get(key) or []:
+      rows.append([f"{p['method']}, training-free {result_files.setting_label(p)}"
+                   + _full_layers(p) + _levels(p), _pct(p["accuracy"]),
+                   _pct(base["accuracy"] - p["accuracy"]), f"{p['relative_flops']:.3f}",
+                   _fractions(p["tokens_kept_per_layer"])])
+  return (_table(["model", "dev accuracy", "drop", "relative FLOPs",
+                  "tokens kept per layer (fraction of real)"], rows) + _budget_table(data)
+          + _chosen_note(data))
 
 
-def sweep_table(data: dict) -> str:
+def _full_layers(row: dict) -> str:
+  full = row.get("topk_full_layers")
+  return f", {full} full" if row.get("method") == "topk" and full else ""
+
+
+def _slice_cell(row: dict, metric: str) -> str:
+  """'89.10 / 0.612': a setting's metric and relative FLOPs on the held-out slice."""
+  sel = row.get(selection.SPLIT)
+  return "-" if not sel else f"{_pct(sel[metric])} / {sel['relative_flops']:.3f}"
+
+
+def sweep_table(data: dict, name: str = "", measured: dict = None) -> str:
   """Training-free pruning of one run over a grid of settings."""
-  rows = [[result_files.setting_label(row) or "unpruned", _pct(row["accuracy"]),
+  run, epochs = result_files.baseline_of(data)
+  run += f" ({_epochs(epochs).strip()})" if epochs else ""
+  run += _other_baseline(name, data, measured or {})
+  if result_files.selected_on(data) != selection.SPLIT:
+    rows = [[result_files.setting_label(row) or "unpruned", _pct(row["accuracy"]),
+             f"{row['relative_flops']:.3f}", _fractions(row["tokens_kept_per_layer"])]
+            for row in data["rows"]]
+    return _table([f"{result_files.sweep_name(data)} on {run}, no training",
+                   "dev accuracy", "relative FLOPs", "tokens kept per layer"],
+                  rows) + _chosen_note(data)
+  metric = data["metric"]
+  rows = [[(result_files.setting_label(row) + _full_layers(row)) or "unpruned",
+           _level_list(row.get("flops_levels")) or "-",
+           _slice_cell(row, metric), _pct(row["accuracy"]),
            f"{row['relative_flops']:.3f}", _fractions(row["tokens_kept_per_layer"])]
           for row in data["rows"]]
-  run = os.path.basename(os.path.normpath(data["workdir"]))
-  if data.get("epochs"):
-    run += f" ({data['epochs']:g} epoch{'s' * (data['epochs'] != 1)})"
-  return _table([f"{result_files.sweep_name(data)} on {run}, no training",
-                 "dev accuracy", "relative FLOPs", "tokens kept per layer"], rows)
+  return _table([f"{data['method']} on {run}, no training, best per FLOPs level",
+                 "FLOPs levels", f"slice {metric} / FLOPs", "dev accuracy",
+                 "relative FLOPs", "tokens kept per layer"], rows) + (
+                     _chosen_note(data).rstrip("\n")
+                     + f" {len(data['grid'])} settings tried.\n")
 
 
 def _round_ratio(data: dict, name: str) -> str:
@@ -187,9 +268,13 @@ def _ratio_table(data: dict) -> str:
 def ratios_table(data: dict) -> str:
   """One trained SDTP run evaluated at other keep ratios, without training."""
   f1 = any("f1" in p for p in data["points"])
+  chosen = result_files.selected_on(data) == selection.SPLIT
   rows = []
   for p in data["points"]:
-    row = [result_files.setting_label(p) or "-", _pct(p["accuracy"])]
+    row = [result_files.setting_label(p) or "-"]
+    row += [_level_list(p["flops_levels"]),
+            _slice_cell(p, data["metric"])] if chosen else []
+    row += [_pct(p["accuracy"])]
     row += [_pct(p["f1"])] if f1 else []
     row += [f"{p['relative_flops']:.3f}",
             f"{p['relative_flops_with_predictors']:.3f}"
@@ -197,20 +282,37 @@ def ratios_table(data: dict) -> str:
             f"{100 * p['tokens_pruned']:.1f}%" if "tokens_pruned" in p else "-"]
     rows.append(row)
   run = os.path.basename(os.path.normpath(data["workdir"]))
-  header = [f"{run}, other keep ratios, no training", "dev accuracy"]
-  header += ["F1"] if f1 else []
+  header = [f"{run}, other keep ratios, no training"]
+  header += ["FLOPs levels", f"slice {data['metric']} / FLOPs"] if chosen else []
+  header += ["dev accuracy"] + (["F1"] if f1 else [])
+  note = _chosen_note(data)
+  if chosen:
+    note = note.rstrip("\n") + f" {len(data['grid'])} ratios tried.\n"
   return _table(header + ["relative FLOPs", "with the predictors",
-                          "tokens pruned (1 - mean kept fraction)"], rows)
+                          "tokens pruned (1 - mean kept fraction)"], rows) + note
 
 
 def rules_table(data: dict) -> str:
   """One ToP run's checkpoints under each inference rule."""
   run = os.path.basename(os.path.normpath(data["workdir"]))
+  if result_files.selected_on(data) != selection.SPLIT:
+    rows = [[r["rule"], f"{r['checkpoint']} (step {r.get('step', '-')})",
+             _pct(r["accuracy"]), f"{r['relative_flops']:.3f}",
+             _fractions(r["tokens_kept_per_layer"])] for r in data["rows"]]
+    return _table([f"{run}: inference rule", "checkpoint", "dev accuracy",
+                   "relative FLOPs", "tokens kept per layer"], rows) + _chosen_note(data)
+  metric = data["metric"]
   rows = [[r["rule"], f"{r['checkpoint']} (step {r.get('step', '-')})",
-           _pct(r["accuracy"]), f"{r['relative_flops']:.3f}",
-           _fractions(r["tokens_kept_per_layer"])] for r in data["rows"]]
-  return _table([f"{run}: inference rule", "checkpoint", "dev accuracy",
-                 "relative FLOPs", "tokens kept per layer"], rows)
+           _slice_cell(r, metric), "chosen" if r.get("chosen") else "",
+           _pct(r["accuracy"]) if r.get("chosen") else "-",
+           f"{r['relative_flops']:.3f}" if r.get("chosen") else "-",
+           _fractions(r["tokens_kept_per_layer"]) if r.get("chosen") else "-"]
+          for r in data["rows"]]
+  budget = data.get("flops_budget")
+  return _table([f"{run}: inference rule", "checkpoint", f"slice {metric} / FLOPs",
+                 "chosen, FLOPs ≤ " + (f"{budget:g}" if budget is not None else "any"),
+                 "dev accuracy", "relative FLOPs", "tokens kept per layer"],
+                rows) + _chosen_note(data)
 
 
 def _spread(d: dict, digits: int = 2, unit: str = "x") -> str:
@@ -427,16 +529,27 @@ def precision_dots_table(data: dict) -> str:
                  f"speed vs float32, median [min-max] of {data['rounds']} rounds"], rows)
 
 
-def _find_run(measured: dict, run: str, setting: dict):
-  """(run point, its baseline) from the first curve file holding run `run`."""
-  for data in measured.values():
-    if not result_files.is_curve(data):
+def _task_key(display: str) -> str:
+  """'sst2' for 'SST-2' (a headline row names its task as GLUE's folder does)."""
+  return next((k for k, info in glue.TASKS.items() if info.tsv_dir == display),
+              display.lower())
+
+
+def _find_run(measured: dict, run: str, setting: dict, task: str = ""):
+  """(run point, its curve file) from the first curve file of `task` holding run
+  `run` and measured against the task's baseline (any curve file when the task
+  names none)."""
+  entry = _baselines(measured).get(task)
+  for name, data in measured.items():
+    if not result_files.is_curve(data) or (
+        entry and not (result_files.task_of(name, data) == task
+                       and result_files.uses_baseline(data, entry))):
       continue
     for _, runs in result_files.curve_runs(data):
       for p in runs:
         if (os.path.basename(os.path.normpath(p["workdir"])) == run
             and all(p.get(k) == v for k, v in setting.items())):
-          return p, data["baseline"]
+          return p, data
   return None, None
 
 
@@ -444,7 +557,9 @@ def headline_table(data: dict, measured: dict) -> str:
   """Method x task: each cell looked up in the curve and benchmark files."""
   rows = []
   for entry in data["headline"]:
-    point, base = _find_run(measured, entry["run"], entry.get("setting", {}))
+    point, curve = _find_run(measured, entry["run"], entry.get("setting", {}),
+                             _task_key(entry["task"]))
+    base = curve["baseline"] if curve else None
     bench = next((b for b in measured.values() if result_files.is_inference(b)
                   and os.path.basename(os.path.normpath(b["workdir"])) == entry["run"]),
                  None)
@@ -460,9 +575,40 @@ def headline_table(data: dict, measured: dict) -> str:
         _pct(base["accuracy"]) if base else "not measured on this layout",
         _pct(base["accuracy"] - point["accuracy"]) if point else
         "not measured on this layout",
-        f"{flops:.3f}" if flops is not None else "-", speed])
+        f"{flops:.3f}" if flops is not None else "-", speed,
+        result_files.selection_label(curve) if curve else "-"])
   return _table(["task (dev)", "method", "baseline accuracy", "accuracy drop (points)",
-                 "relative FLOPs", "measured speedup vs unpruned, median [IQR]"], rows)
+                 "relative FLOPs", "measured speedup vs unpruned, median [IQR]",
+                 "checkpoints and settings chosen on"], rows)
+
+
+def _lookup_baseline(task: str, entry: dict, measured: dict):
+  """The baseline's dev result: recorded in its entry, else the baseline point of a
+  curve file of `task` measured against it."""
+  if "accuracy" in entry:
+    return entry
+  for name, data in measured.items():
+    if (result_files.is_curve(data) and result_files.task_of(name, data) == task
+        and result_files.uses_baseline(data, entry)):
+      return data["baseline"]
+  return None
+
+
+def baselines_table(data: dict, measured: dict) -> str:
+  """The one baseline of each task: its run, length, dev result, how it was chosen."""
+  rows = []
+  for task, entry in data["baselines"].items():
+    dev = _lookup_baseline(task, entry, measured)
+    metric = glue.TASKS[task].metric
+    result = "not measured" if dev is None else _pct(dev["accuracy"]) + (
+        f" / F1 {_pct(dev['f1'])}" if metric == "f1" and "f1" in dev else "")
+    wall = entry.get("wall_time_s")
+    rows.append([glue.TASKS[task].tsv_dir, entry["run"], _epochs(entry.get("epochs")).strip()
+                 or "-", result, result_files.selection_label(entry),
+                 f"{wall / 60:.0f} min" if wall else "-",
+                 f"`{entry['command']}`" if entry.get("command") else "-"])
+  return _table(["task", "baseline run", "fine-tune", "dev accuracy", "checkpoint chosen on",
+                 "wall time", "command"], rows)
 
 
 _TABLES = {"precision_dots": precision_dots_table, "fresh_clone": fresh_clone_table,
@@ -489,6 +635,10 @@ def table_for(name: str, data: dict, measured: dict = None) -> str:
   kind = result_files.kind_of(data)
   if kind == "headline":
     return headline_table(data, measured or {})
+  if kind == "baselines":
+    return baselines_table(data, measured or {})
+  if kind in ("curve", "sweep"):
+    return _TABLES[kind](data, name, measured or {})
   if kind not in _TABLES:
     raise ValueError(f"{name}: no table for this kind of result file.")
   return _TABLES[kind](data)

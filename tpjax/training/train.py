@@ -11,6 +11,7 @@ the parameters the stage hands over, and reported.
 
 import dataclasses
 import functools
+import json
 import math
 import os
 import signal
@@ -33,6 +34,7 @@ from tpjax.training import fingerprint
 from tpjax.data import metrics as metrics_lib
 from tpjax.training import parallel
 from tpjax.training import run_log
+from tpjax.training import selection
 from tpjax.data import batching
 from tpjax.data import glue
 from tpjax.data import tokenization
@@ -287,7 +289,7 @@ class _FiniteGuard:
 
 
 # The eval_data key of the held-out training slice that picks checkpoints.
-SELECTION = "selection"
+SELECTION = selection.SPLIT
 
 
 @dataclasses.dataclass
@@ -330,12 +332,7 @@ def flops_budget(settings: ml_collections.ConfigDict, start_flops: float,
     raise ValueError(f"flops_budget {budget!r} is not '', 'start' or a number.") from None
 
 
-def selection_score(metric: float, relative_flops: float, budget: Optional[float]) -> float:
-  """What 'best' maximises: the dev metric inside the FLOPs budget; outside it, below
-  every checkpoint inside it, and the fewer FLOPs the better."""
-  if budget is None or relative_flops <= budget:
-    return metric
-  return -1e6 - relative_flops
+selection_score = selection.selection_score
 
 
 def run_stage(ctx: RunContext, stage: str, init_params: dict,
@@ -500,6 +497,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if stage not in pruning_base.STAGES:
       raise ValueError(f"Unknown stage {stage!r}; expected one of {pruning_base.STAGES}.")
   config_checks.validate(config)
+  if config.init_from and os.path.exists(os.path.join(config.init_from, "config.json")):
+    with open(os.path.join(config.init_from, "config.json")) as f:
+      selection.check_init_from(config, json.load(f), config.init_from)
   os.makedirs(workdir, exist_ok=True)
   parallel.maybe_initialize_distributed(config)
   config_checks.validate_devices(config, jax.device_count(), jax.process_count())
@@ -513,10 +513,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   rng = jax.random.PRNGKey(config.seed)
   model, model_params, tokenizer = classifier.build(config, info.num_labels, rng)
   method = registry.get_method(config.pruning, model.config)
-  train_data = batching.load_split(config, tokenizer, "train", config.data.max_train_examples)
-  train_data, held_out = batching.hold_out(
-      train_data, config.data.selection_fraction, config.data.selection_max_examples,
-      config.data.selection_seed)
+  train_data, held_out = batching.load_train(config, tokenizer)
   eval_data = {s: batching.load_split(config, tokenizer, s, config.data.max_eval_examples)
                for s in info.eval_splits}
   if held_out is not None:
@@ -546,12 +543,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   last = stages[config.stages[-1]]
   summary = {"task": config.task, "method": method.name,
              "dev": last["dev"], "stages": stages,
-             "selection": {"split": ctx.selection_split,
-                           "fraction": config.data.selection_fraction,
-                           "max_examples": config.data.selection_max_examples,
-                           "seed": config.data.selection_seed,
-                           "examples": 0 if held_out is None else len(held_out),
-                           "train_examples": len(train_data),
+             "selection": {**selection.slice_record(
+                 config, 0 if held_out is None else len(held_out), len(train_data)),
                            "metrics": last["selection"]},
              "wall_time_s": time.time() - start,
              "steps": sum(s["steps"] for s in stages.values()),
