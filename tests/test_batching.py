@@ -25,9 +25,9 @@ def test_epoch_covers_every_example_once_and_is_reproducible():
   for length, idx in plan:
     assert data.lengths[idx].max() <= length
   again = batching.epoch_plan(data.lengths, buckets, 4, seed=3, epoch=1)
-  assert all(np.array_equal(a[1], b[1]) for a, b in zip(plan, again))
+  assert all(np.array_equal(a[1], b[1]) for a, b in zip(plan, again, strict=True))
   other = batching.epoch_plan(data.lengths, buckets, 4, seed=3, epoch=2)
-  assert any(not np.array_equal(a[1], b[1]) for a, b in zip(plan, other))
+  assert any(not np.array_equal(a[1], b[1]) for a, b in zip(plan, other, strict=True))
   assert len(plan) == batching.steps_per_epoch(data.lengths, buckets, 4)
 
 

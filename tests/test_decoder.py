@@ -140,6 +140,24 @@ def test_sampling_respects_top_p():
   assert int(generation.sample(logits, jax.random.PRNGKey(0), 0.0, 1.0)[0]) == 0
 
 
+def test_seeded_sample_is_the_tempered_nucleus_draw():
+  """A key draws what `jax.random.categorical` draws with the same key from the
+  logits over the temperature, cut by hand to the nucleus."""
+  logits = jnp.log(jnp.array([[0.5, 0.25, 0.15, 0.1]]))
+  # T = 2: probabilities ~ sqrt(p) = .370 .262 .203 .166; the mass before each token is
+  # 0, .370, .632, .835, so top-p 0.7 keeps the first three.
+  nucleus = jnp.where(jnp.arange(4) < 3, logits / 2.0, -jnp.inf)
+  got, want = [], []
+  for i in range(24):
+    key = jax.random.PRNGKey(i)
+    got += [int(generation.sample(logits, key, 0.5, 1.0)[0]),
+            int(generation.sample(logits, key, 2.0, 0.7)[0])]
+    want += [int(jax.random.categorical(key, logits / 0.5)[0]),
+             int(jax.random.categorical(key, nucleus)[0])]
+  assert got == want
+  assert set(want[0::2]) == set(want[1::2]) == {0, 1, 2}  # draws that vary
+
+
 def test_prompt_longer_than_context(tiny_gen):
   with pytest.raises(generation.ContextLengthError, match=r"60 tokens.*supports 64"):
     tiny_gen.generate([list(range(3, 63))], 8)
