@@ -6,8 +6,8 @@ hard stage then keeps the thresholds and fine-tunes the model, which recovers ac
 and lets FLOPs drift up (0.4 soft epochs: 0.531 -> 0.586 relative FLOPs on the
 selection slice, 0.569 -> 0.615 on dev, 2.18 -> 0.46 points below the fine-tune). So
 the hard stage picks its best checkpoint on the slice with no FLOPs bound, and the soft
-stage runs 0.5 epochs so that the drifted model lands under the 0.60 the main job
-promises. `benchmarks/ltp_sweep.sh` varies lambda and `benchmarks/ltp_variants.sh`
+stage runs 0.5 epochs to land the drifted model near the 0.60 the main job aims for
+(measured: 0.529 -> 0.604 on dev, 1.03 points below the fine-tune). `benchmarks/ltp_sweep.sh` varies lambda and `benchmarks/ltp_variants.sh`
 compares the reference and tpjax variants, both from the task's one baseline run
 (benchmarks/results/baselines.json).
 """
