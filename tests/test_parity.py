@@ -69,7 +69,7 @@ def test_random_roberta_matches_pytorch(roberta_dir):
                  attention_mask=torch.from_numpy(mask).long(), output_hidden_states=True)
   real = mask.astype(bool)
   hidden_diff = max(_max_diff(np.asarray(a)[real], b.numpy()[real])
-                    for a, b in zip(out.hidden_states, theirs.hidden_states))
+                    for a, b in zip(out.hidden_states, theirs.hidden_states, strict=True))
   logit_diff = _max_diff(out.logits, theirs.logits.numpy())
   print(f"RoBERTa hidden states max abs diff: {hidden_diff:.2e}; logits: {logit_diff:.2e}")
   assert hidden_diff <= TOL

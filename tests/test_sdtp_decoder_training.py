@@ -154,6 +154,7 @@ def test_training_learns_the_targets_ranking():
                                       types.SimpleNamespace(hidden_size=d))
   before, after = log["before"], log["after"]
   assert min(after["topk_agreement"]) > 0.7, after["topk_agreement"]
-  assert all(a > b + 0.2 for a, b in zip(after["topk_agreement"], before["topk_agreement"]))
-  assert all(a < b for a, b in zip(after["mse"], before["mse"]))
-  assert all(a < b for a, b in zip(after["rank"], before["rank"]))
+  assert all(a > b + 0.2 for a, b in zip(after["topk_agreement"], before["topk_agreement"],
+                                          strict=True))
+  assert all(a < b for a, b in zip(after["mse"], before["mse"], strict=True))
+  assert all(a < b for a, b in zip(after["rank"], before["rank"], strict=True))
