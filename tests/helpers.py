@@ -10,8 +10,20 @@ import sys
 import numpy as np
 
 from configs import tiny
+from tpjax.models import decoder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+def tiny_decoder_config(num_hidden_layers: int = 5,
+                        max_position_embeddings: int = 128) -> decoder.DecoderConfig:
+  """A SmolLM2-shaped decoder small enough to compile in seconds (GQA: 4 query heads
+  share 2 key/value heads, tied embeddings, a 96-token vocabulary)."""
+  return decoder.DecoderConfig(
+      vocab_size=96, hidden_size=64, intermediate_size=128,
+      num_hidden_layers=num_hidden_layers, num_attention_heads=4, num_key_value_heads=2,
+      rms_norm_eps=1e-5, rope_theta=1e4, max_position_embeddings=max_position_embeddings,
+      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
 
 _WORDS = ["good", "great", "fine", "bad", "awful", "dull", "the", "film", "a", "plot",
           "is", "was", "very", "not", "story", "acting"]

@@ -9,17 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests import helpers
 from tpjax.inference import generation
 from tpjax.models import decoder
 from tpjax.models import decoder_weights
 from tpjax.models import gguf_file
 from tpjax.models import hf_weights
 
-TINY = decoder.DecoderConfig(
-    vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-    num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=1e4,
-    max_position_embeddings=64, tie_word_embeddings=True, bos_token_id=1,
-    eos_token_id=2, pad_token_id=0)
+TINY = helpers.tiny_decoder_config(num_hidden_layers=2, max_position_embeddings=64)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from tests import helpers
 from tpjax.data import squad_docs
 from tpjax.inference import sdtp_eval
 from tpjax.models import decoder
@@ -17,11 +18,7 @@ from tpjax.results import files as result_files
 from tpjax.results import tables
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = decoder.DecoderConfig(
-    vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=5,
-    num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=1e4,
-    max_position_embeddings=128, tie_word_embeddings=True, bos_token_id=1,
-    eos_token_id=2, pad_token_id=0)
+TINY = helpers.tiny_decoder_config()
 PRUNE = sdtp_decoder.Schedule(layers=(2, 4), keep=(0.7, 0.45), keep_first=2,
                               keep_last=0.1, step=8)
 KEEP_ALL = sdtp_decoder.Schedule(layers=(2, 4), keep=(1.0, 1.0), keep_first=2,

@@ -19,16 +19,13 @@ import ml_collections
 import numpy as np
 import pytest
 
+from tests import helpers
 from tpjax.models import decoder
 from tpjax.pruning import sdtp
 from tpjax.pruning import sdtp_decoder
 from tpjax.training import sdtp_decoder as train_lib
 
-TINY = decoder.DecoderConfig(
-    vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=5,
-    num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=1e4,
-    max_position_embeddings=128, tie_word_embeddings=True, bos_token_id=1,
-    eos_token_id=2, pad_token_id=0)
+TINY = helpers.tiny_decoder_config()
 WINDOW = 40
 # Always kept: the first 2 and the last ceil(0.2 * 40) = 8 tokens.
 SCHEDULE = sdtp_decoder.Schedule(layers=(2, 4), keep=(0.7, 0.45), keep_first=2,
