@@ -19,6 +19,10 @@ def stage(num_epochs: float, learning_rate: float, pruning_learning_rate: float 
       # at most the stage's start (+ train.flops_slack), so fine-tuning after pruning
       # cannot buy accuracy by keeping more tokens; or a number, a FLOPs target.
       "flops_budget": flops_budget,
+      # Steps between judgements of the checkpoint on the selection slice; None:
+      # train.eval_every_steps. A stage that picks under a FLOPs budget early in its
+      # run wants more candidates than the global cadence gives.
+      "eval_every_steps": placeholder(int),
       # Optimizer overrides for this stage; None: the LTP family's variant
       # (tpjax/pruning/ltp_variant.py) in pruning stages, ToP's (top.py) in its soft
       # stage, else config.train's value.

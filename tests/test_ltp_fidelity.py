@@ -195,3 +195,17 @@ def test_flops_budget_and_selection():
   # Nothing within budget: the fewest FLOPs wins.
   best = max(history[1:], key=lambda h: train.selection_score(*h, budget=0.5))
   assert best == (0.885, 0.545)
+
+
+def test_a_stage_eval_cadence_is_checked():
+  from tpjax.training import config_checks  # pylint: disable=import-outside-toplevel
+  config = common.get_base_config()
+  config.stages = ("finetune", "soft", "hard")
+  config.pruning.method = "ltp"
+  assert not config_checks.problems(config)
+  config.stage_settings.hard.eval_every_steps = 50
+  assert not config_checks.problems(config)
+  for bad in (0, -5):
+    config.stage_settings.hard.eval_every_steps = bad
+    assert any("stage_settings.hard.eval_every_steps" in p
+               for p in config_checks.problems(config))

@@ -166,7 +166,8 @@ def test_selection_slice_is_seeded_and_disjoint():
 
 def test_checkpoints_are_selected_on_a_held_out_training_slice(glue_dir, tmp_path,
                                                                 monkeypatch):
-  config = helpers.tiny_config(glue_dir, max_steps=6, eval_every_steps=3)
+  config = helpers.tiny_config(glue_dir, max_steps=6, eval_every_steps=2)
+  config.stage_settings.finetune.eval_every_steps = 3  # the stage's cadence wins
   config.num_devices = 1
   config.data.per_device_batch_size = 4
   config.data.selection_fraction = 0.25

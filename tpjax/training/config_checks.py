@@ -153,6 +153,9 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
       except (TypeError, ValueError):
         ok = False
     need(ok, prefix + "flops_budget", "'', 'start' or a number above 0")
+    every = settings.eval_every_steps
+    need(every is None or (_is_int(every) and every > 0), prefix + "eval_every_steps",
+         "None (train.eval_every_steps) or a positive count")
     for field in ("warmup_ratio", "weight_decay"):
       value = settings[field]
       need(value is None or (_is_number(value) and value >= 0), prefix + field,

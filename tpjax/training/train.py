@@ -402,7 +402,7 @@ def run_stage(ctx: RunContext, stage: str, init_params: dict,
   base_rng = jax.random.PRNGKey(config.seed + 1)
   step = int(state.step)
   start_time = time.time()
-  eval_every = config.train.eval_every_steps or per_epoch
+  eval_every = settings.eval_every_steps or config.train.eval_every_steps or per_epoch
   budget = flops_budget(settings, start_flops, config.train.flops_slack)
 
   def evaluate_and_keep_best(step):
