@@ -2,6 +2,7 @@
 line run in this process."""
 
 import contextlib
+import functools
 import io
 import os
 import runpy
@@ -134,6 +135,14 @@ class PruningCase:
                            prune_fn=self.method.prune_fn(self.params["pruning"], "hard"))
     kept = np.stack([np.asarray(m).sum(-1) for m in out.token_masks], -1)
     return kept / batch["attention_mask"].sum(-1, keepdims=True)
+
+
+@functools.cache
+def pruning_case(score_norm: str = "fixed") -> PruningCase:
+  """The default `PruningCase`, built once per test session: test modules share it
+  instead of each building the model and calibrating its thresholds again. Tests must
+  not change it (its params are jax arrays; do not reassign its attributes)."""
+  return PruningCase(score_norm=score_norm)
 
 
 def run_cli(module: str, *args: str, traceback: bool = False) -> tuple[int, str, str]:

@@ -89,9 +89,13 @@ def test_whitespace_before_digit_follows_llama_cpp(ours):
 
 @pytest.fixture(scope="module")
 def forward(ours):
+  """The jitted forward pass. The weights go in as an argument: closed over, jax would
+  embed all 135M of them in the program as constants, and XLA would spend minutes
+  compiling it."""
   model, params, _ = ours
-  return jax.jit(lambda ids, valid: model.apply(
-      {"params": params}, ids, decoder.positions_from_mask(valid), valid))
+  jitted = jax.jit(lambda p, ids, valid: model.apply(
+      {"params": p}, ids, decoder.positions_from_mask(valid), valid))
+  return lambda ids, valid: jitted(params, ids, valid)
 
 
 def _left_pad(rows, length, pad_id):

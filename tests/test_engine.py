@@ -19,7 +19,7 @@ EXACT_ATOL = 1e-6
 
 @pytest.fixture(scope="module")
 def case():
-  return helpers.PruningCase()
+  return helpers.pruning_case()
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +33,13 @@ def _method(model, **fields):
   return registry.get_method(config, model.config)
 
 
-def _methods(case):
-  """Every method on the shared 4-layer model, each with parameters that prune."""
+@pytest.fixture(scope="module")
+def methods(case):
+  """Every method on the shared 4-layer model, each with parameters that prune: built
+  once for the module (the live-norm case calibrates its own thresholds), not once per
+  parametrisation."""
   model = case.model
-  live = helpers.PruningCase(score_norm="live")
+  live = helpers.pruning_case(score_norm="live")
   return {
       "ltp": (case.method, case.params["pruning"]),
       "ltp_live_norm": (live.method, live.params["pruning"]),
@@ -77,9 +80,9 @@ def _known_kept(name, lengths):
 
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
-def test_compacted_equals_masked(case, name):
+def test_compacted_equals_masked(case, methods, name):
   model, tokenizer = case.model, case.tokenizer
-  method, pruning = _methods(case)[name]
+  method, pruning = methods[name]
   params = {"model": case.params["model"], "pruning": pruning}
   engine = engine_lib.Engine(model, params, method, BUCKETS, chunk=8)
   texts = case.texts

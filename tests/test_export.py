@@ -23,7 +23,7 @@ PLATFORMS = ("cpu", "cuda", "tpu")
 
 @pytest.fixture(scope="module")
 def case():
-  return helpers.PruningCase()
+  return helpers.pruning_case()
 
 
 def _chunk_loops(text, span, width):

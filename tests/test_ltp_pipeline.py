@@ -86,7 +86,7 @@ def test_ltp_pipeline_end_to_end(glue_dir, tmp_path):
 
 
 def test_hard_eval_does_not_depend_on_batch():
-  case = helpers.PruningCase()
+  case = helpers.pruning_case()
   model, params, tokenizer, method = case.model, case.params, case.tokenizer, case.method
   texts = case.texts[:4]
   step = jax.jit(lambda p, b: train.eval_step(p, b, model=model, method=method,

@@ -36,7 +36,7 @@ def _dots(lowered_text: str) -> list:
 
 @pytest.fixture(scope="module")
 def case():
-  return helpers.PruningCase()
+  return helpers.pruning_case()
 
 
 def test_every_dot_takes_bf16_and_accumulates_in_f32_forward_and_backward(case):
@@ -154,4 +154,4 @@ def test_bad_compute_dtype_is_one_sentence(tmp_path):
   with pytest.raises(ValueError, match="float16"):
     precision.check("float16")
   with pytest.raises(ValueError, match="float16"):
-    dataclasses.replace(helpers.PruningCase().model.config, compute_dtype="float16")
+    dataclasses.replace(helpers.pruning_case().model.config, compute_dtype="float16")

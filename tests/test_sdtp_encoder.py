@@ -2,6 +2,7 @@
 a tiny run, and compacted inference equal to masked evaluation."""
 
 import fractions
+import functools
 import math
 import os
 
@@ -220,8 +221,9 @@ def test_compacted_equals_masked(tiny_sdtp):
   # chunk loops, with the two passes per layer of a decision that reads the
   # post-attention state; a short example alone runs as one piece.
   engine = engine_lib.Engine(model, params, method, (8, 16, 32), chunk=16, small_chunk=8)
-  masked_step = jax.jit(lambda b: train.eval_step(params, b, model=model, method=method,
-                                                  stage="hard"))
+  # The weights as an argument: closed over, they would be compiled in as constants.
+  masked_step = functools.partial(jax.jit(lambda p, b: train.eval_step(
+      p, b, model=model, method=method, stage="hard")), params)
   texts = helpers.PRUNING_TEXTS + [a for a, _ in PAIRS]
   pairs = [None] * len(helpers.PRUNING_TEXTS) + [b for _, b in PAIRS]
   for rows in (slice(0, 8), slice(8, 10)):  # single sentences, then pairs

@@ -282,8 +282,9 @@ def test_compacted_equals_masked(tiny_top):
   # Chunks of 16, the rest in 8s: both batches (4 x 32 and 2 x 32 slots) run the
   # packed chunk loops; a short example alone (1 x 8) runs as one piece.
   engine = engine_lib.Engine(model, params, method, (8, 32), chunk=16, small_chunk=8)
-  masked_step = jax.jit(lambda b: train.eval_step(params, b, model=model, method=method,
-                                                  stage="hard"))
+  # The weights as an argument: closed over, they would be compiled in as constants.
+  masked_step = functools.partial(jax.jit(lambda p, b: train.eval_step(
+      p, b, model=model, method=method, stage="hard")), params)
   texts = helpers.PRUNING_TEXTS[:4] + [a for a, _ in PAIRS]
   pairs = [None] * 4 + [b for _, b in PAIRS]
   for rows in (slice(0, 4), slice(4, 6)):  # single sentences, then pairs
