@@ -48,10 +48,21 @@ def get_config():
   config.saliency.target_last = 0.1
 
   config.train = ml_collections.ConfigDict()
+  # "teacher_forcing": the modules learn the saliency targets on the cached hidden
+  # states of the unpruned model. "pruned": the paper's way, trained through the model
+  # they prune (straight-through Gumbel top-k masks, cumulative over the stages) with
+  # the LM and KD terms added (tpjax/training/sdtp_decoder.py).
+  config.train.recipe = "teacher_forcing"
   config.train.steps = 300
   config.train.batch_size = 8            # windows per step
   config.train.learning_rate = 1e-3
-  config.train.mse_weight = 1.0
-  config.train.rank_weight = 1.0
+  config.train.mse_weight = 1.0          # saliency MSE, per stage (both recipes)
+  config.train.rank_weight = 1.0         # saliency ranking, per stage (both recipes)
   config.train.holdout_windows = 8       # training-article windows kept out, for curves
+  config.train.progress_bar = True
+  # The 'pruned' recipe only:
+  config.train.lm_weight = 1.0           # next-token loss of the pruned model (tail)
+  config.train.kd_weight = 1.0           # KL(unpruned || pruned) on the same predictions
+  config.train.gumbel_tau = 1.0          # temperature of the straight-through backward
+  config.train.remat = True              # recompute layers in the backward (memory)
   return config
