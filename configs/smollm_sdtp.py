@@ -11,6 +11,22 @@ token's saliency is its influence on other tokens; normalised over prunable toke
 1024-token windows of the training articles (even indices of dev-v1.1.json; the odd
 ones are held out for evaluation).
 
+Two training recipes (`train.recipe`; tpjax/training/sdtp_decoder.py):
+- "teacher_forcing" (default): MSE + ranking against the targets on the cached hidden
+  states of the unpruned model; milliseconds per step, one training for every ratio.
+- "pruned" (the paper's): the modules trained through the model they prune,
+  straight-through Gumbel top-k masks keeping exactly the schedule's counts,
+  cumulative through the stages, loss lm_weight LM + kd_weight KL(unpruned || pruned)
+  on the always-kept tail + the same MSE and ranking terms, backbone frozen.
+  Cost per step, SmolLM2-135M on this 2-core CPU: one 1024-token window took 122 s
+  (plus 52 s to compile) at nice 19 beside a training job, load average 7.2; a step
+  runs about four forwards per window (the unpruned teacher, the masked student, its
+  per-layer recomputation in the backward, the backward itself) at the unpruned
+  prefill's 2.9 s each on a quiet machine (sdtp_decoder_speed.json), so about 12-15 s
+  per window: 1.5-2 min per 8-window step quiet, about 16 min at that load, and
+  300 steps 8-10 hours quiet. Extrapolated from the one batch-1 step, not measured at
+  batch 8. Train it with fewer steps, or on a GPU.
+
 Window cost (issue 25 item 5): 1024 tokens, the shortest evaluated prompt, where 512
 were used before. Per window the saliency forward + backward costs about 2.2x the
 512-token one (projections and MLP double, attention quadruples), the cached hidden

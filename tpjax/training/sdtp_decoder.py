@@ -30,8 +30,9 @@
      independent Gumbel draw per token keeps sum(pi) tokens, which the LM and KD
      terms, both lowest when nothing is pruned, would push up, and the model would
      train at another kept count and by another rule than inference's top-k. Loss
-     per step, over the predictions made in the always-kept tail (`target_last`,
-     the only ones a pruned prompt's inference uses):
+     per step, LM and KD over the predictions made in the always-kept tail
+     (`target_last`, standing in for the continuation inference predicts from the
+     pruned prompt; a pruned token's own prediction never counts):
          lm_weight * LM(pruned) + kd_weight * KL(unpruned || pruned)
            + sum_s (mse_weight * MSE_s + rank_weight * rank_s)
      methods.md lists task (LM) + MSE + ranking with unit weights; the KD term is the
@@ -43,6 +44,7 @@
      them at that keep ratio. Cost: see configs/smollm_sdtp.py.
 3. Writes predictors.msgpack and sdtp.json (schedule, recipe, losses, held-out log).
 """
+
 import json
 import math
 import os
