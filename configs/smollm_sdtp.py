@@ -11,6 +11,22 @@ token's saliency is its influence on other tokens; normalised over prunable toke
 1024-token windows of the training articles (even indices of dev-v1.1.json; the odd
 ones are held out for evaluation).
 
+Two training recipes (`train.recipe`; tpjax/training/sdtp_decoder.py):
+- "teacher_forcing" (default): MSE + ranking against the targets on the cached hidden
+  states of the unpruned model; milliseconds per step, one training for every ratio.
+- "pruned" (the paper's): the modules trained through the model they prune,
+  straight-through Gumbel top-k masks keeping exactly the schedule's counts,
+  cumulative through the stages, loss lm_weight LM + kd_weight KL(unpruned || pruned)
+  on the always-kept tail + the same MSE and ranking terms, backbone frozen.
+  Cost per step, SmolLM2-135M on this 2-core CPU: one 1024-token window took 122 s
+  (plus 52 s to compile) at nice 19 beside a training job, load average 7.2; a step
+  runs about four forwards per window (the unpruned teacher, the masked student, its
+  per-layer recomputation in the backward, the backward itself) at the unpruned
+  prefill's 2.9 s each on a quiet machine (sdtp_decoder_speed.json), so about 12-15 s
+  per window: 1.5-2 min per 8-window step quiet, about 16 min at that load, and
+  300 steps 8-10 hours quiet. Extrapolated from the one batch-1 step, not measured at
+  batch 8. Train it with fewer steps, or on a GPU.
+
 Window cost (issue 25 item 5): 1024 tokens, the shortest evaluated prompt, where 512
 were used before. Per window the saliency forward + backward costs about 2.2x the
 512-token one (projections and MLP double, attention quadruples), the cached hidden
@@ -48,10 +64,21 @@ def get_config():
   config.saliency.target_last = 0.1
 
   config.train = ml_collections.ConfigDict()
+  # "teacher_forcing": the modules learn the saliency targets on the cached hidden
+  # states of the unpruned model. "pruned": the paper's way, trained through the model
+  # they prune (straight-through Gumbel top-k masks, cumulative over the stages) with
+  # the LM and KD terms added (tpjax/training/sdtp_decoder.py).
+  config.train.recipe = "teacher_forcing"
   config.train.steps = 300
   config.train.batch_size = 8            # windows per step
   config.train.learning_rate = 1e-3
-  config.train.mse_weight = 1.0
-  config.train.rank_weight = 1.0
+  config.train.mse_weight = 1.0          # saliency MSE, per stage (both recipes)
+  config.train.rank_weight = 1.0         # saliency ranking, per stage (both recipes)
   config.train.holdout_windows = 8       # training-article windows kept out, for curves
+  config.train.progress_bar = True
+  # The 'pruned' recipe only:
+  config.train.lm_weight = 1.0           # next-token loss of the pruned model (tail)
+  config.train.kd_weight = 1.0           # KL(unpruned || pruned) on the same predictions
+  config.train.gumbel_tau = 1.0          # temperature of the straight-through backward
+  config.train.remat = True              # recompute layers in the backward (memory)
   return config

@@ -34,7 +34,10 @@ tiny targets, where differences of pi vanish).
 Training: a straight-through Gumbel-softmax keep mask per location (`gumbel_keep`,
 binary forward, the soft sample's gradient backward), multiplied across locations,
 applied in attention through the policy softmax (`policy_softmax`, DynamicViT's
-G_ij = M_j for i != j, G_ii = 1, optionally causal). Losses: task + MSE(pi, pi_hat)
+G_ij = M_j for i != j, G_ii = 1, optionally causal). `gumbel_top_k_keep` is the
+variant with the inference kept count exactly (top-k of Gumbel-perturbed scores
+forward, a sigmoid around the row's cut backward), used by the decoder's 'pruned'
+training recipe. Losses: task + MSE(pi, pi_hat)
 (`mse_loss`) + pairwise ranking (`ranking_loss`), each over valid (real, prunable)
 tokens only; optional DynamicViT ratio loss (`ratio_loss`).
 
@@ -156,6 +159,43 @@ def gumbel_keep(logits: jax.Array, rng: jax.Array, tau: float = 1.0) -> jax.Arra
   soft = jax.nn.softmax((logits + noise) / tau, axis=-1)[..., KEEP]
   hard = (jnp.argmax(logits + noise, axis=-1) == KEEP).astype(soft.dtype)
   return hard + (soft - jax.lax.stop_gradient(soft))  # exactly binary forward
+
+
+def gumbel_top_k_keep(score: jax.Array, rng: jax.Array, live: jax.Array,
+                      always: Optional[jax.Array], k: jax.Array,
+                      tau: float = 1.0) -> jax.Array:
+  """Straight-through Gumbel top-k: each row keeps exactly the k tokens inference would
+  keep from the perturbed scores.
+
+  Forward: `top_k_keep` of z = score + Gumbel noise (k tokens drawn without
+  replacement, P proportional to exp(score)), so the kept count is the schedule's
+  exactly, as at inference. Backward: the gradient of sigmoid((z - c) / tau), c the
+  row's cut (midpoint of the lowest kept and the highest dropped z of the tokens that
+  may be pruned, no gradient), so the tokens near the cut get the largest gradient.
+  Always-kept and non-live tokens get their exact value and no gradient.
+
+  Args:
+    score: <float32>[batch, seq] keep scores (`keep_score`).
+    rng: PRNG key for the noise.
+    live: <bool>[batch, seq] tokens still present.
+    always: <bool>[batch, seq] tokens never pruned, or None.
+    k: <int32>[batch] tokens to keep per row, always-kept ones included.
+    tau: temperature of the backward relaxation.
+  Returns:
+    <float32>[batch, seq], forward values in {0, 1}.
+  """
+  z = score + jax.random.gumbel(rng, score.shape, score.dtype)
+  hard = top_k_keep(jax.lax.stop_gradient(z), live, always, k)
+  free = prunable(live, always)
+  low = jnp.min(jnp.where(free & (hard > 0.5), z, jnp.inf), -1, keepdims=True)
+  high = jnp.max(jnp.where(free & (hard < 0.5), z, -jnp.inf), -1, keepdims=True)
+  # A row where every free token is kept (or dropped) has one side only.
+  cut = jnp.where(jnp.isfinite(low) & jnp.isfinite(high), (low + high) / 2,
+                  jnp.where(jnp.isfinite(low), low, high))
+  cut = jax.lax.stop_gradient(jnp.where(jnp.isfinite(cut), cut, 0.0))
+  soft = jax.nn.sigmoid((z - cut) / tau)
+  straight = hard + (soft - jax.lax.stop_gradient(soft))
+  return jnp.where(free, straight, hard)
 
 
 def cumulative_mask(previous: jax.Array, decision: jax.Array,

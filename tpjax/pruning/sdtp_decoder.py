@@ -16,7 +16,9 @@ Two ways to run the same decisions:
   own size; decoding then continues at position n (`decoder.caches_from_layers`).
 - `masked_prefill`: every layer at full length, pruned tokens removed from attention by
   the policy mask (decoder.attend's `k_keep`). Used for training and for tests: on the
-  kept tokens it equals the compacted path.
+  kept tokens it equals the compacted path. Its mask_fn is `hard_mask_fn` (any
+  scorer's inference decision) or `predictor_mask_fn` (the predictors' decision, or
+  its straight-through Gumbel top-k for training on the pruned model).
 
 Every stage's selection is applied, whether or not its kept tokens fit fewer slots:
 where the bucket does not shrink, the dropped tokens stay in the array as invalid slots
@@ -447,7 +449,7 @@ class PrunedPrefill:
 
 def masked_prefill(config: decoder_lib.DecoderConfig, params, input_ids: jax.Array,
                    positions: jax.Array, valid: jax.Array, schedule: Schedule,
-                   mask_fn: Callable[..., jax.Array]):
+                   mask_fn: Optional[Callable[..., jax.Array]], remat: bool = False):
   """Prefill at full length with pruning simulated by the policy mask.
 
   `mask_fn(stage, inputs: StageInputs) -> <float32>[batch, seq]` gives the stage's
@@ -457,6 +459,9 @@ def masked_prefill(config: decoder_lib.DecoderConfig, params, input_ids: jax.Arr
 
   Args:
     input_ids, positions: <int32>[batch, seq]; valid: <bool>[batch, seq].
+    mask_fn: see above; unused (may be None) for a schedule without layers.
+    remat: recompute each layer in the backward pass instead of storing its attention
+      weights (training through the masks at 1024 tokens would hold GBs of them).
   Returns:
     (last layer's output <float32>[batch, seq, hidden], per-stage running masks
     <float32>[stages, batch, seq], per-layer (keys, values)).
@@ -467,6 +472,9 @@ def masked_prefill(config: decoder_lib.DecoderConfig, params, input_ids: jax.Arr
   n = jnp.sum(valid, axis=1).astype(jnp.int32)
   prev = x
   stages = {l: s for s, l in enumerate(schedule.layers)}
+  layer_forward = functools.partial(decoder_lib.layer_forward, config)
+  if remat:
+    layer_forward = jax.checkpoint(layer_forward)
   for l in range(config.num_hidden_layers):
     if l in stages:
       live = valid if running is None else valid & (running > 0.5)
@@ -476,8 +484,8 @@ def masked_prefill(config: decoder_lib.DecoderConfig, params, input_ids: jax.Arr
       running = m if running is None else running * m
       masks.append(running)
     prev = x
-    x, layer_kv = decoder_lib.layer_forward(config, decoder_lib.layer_params(params, l),
-                                            x, positions, valid, running)
+    x, layer_kv = layer_forward(decoder_lib.layer_params(params, l), x, positions, valid,
+                                running)
     kv.append(layer_kv)
   return x, jnp.stack(masks) if masks else None, tuple(kv)
 
@@ -489,6 +497,41 @@ def hard_mask_fn(schedule: Schedule, score_fn: ScoreFn, score_params,
   def mask_fn(stage, inputs: StageInputs):
     inputs = inputs.replace(n=n)
     return select_mask(schedule, score_fn, score_params, stage, inputs).astype(jnp.float32)
+  return mask_fn
+
+
+def predictor_mask_fn(schedule: Schedule, score_params, n: jax.Array,
+                      rng: Optional[jax.Array] = None, tau: float = 1.0,
+                      logits_out: Optional[list] = None) -> Callable[..., jax.Array]:
+  """The SDTP predictors' decision as a `masked_prefill` mask_fn (the 'pruned' recipe).
+
+  With `rng` None, the inference decision (`select_mask` on the keep score, as
+  `hard_mask_fn` with `predictor_scorer`). With an `rng`, stage s's straight-through
+  Gumbel top-k (`sdtp.gumbel_top_k_keep`, key fold_in(rng, s), temperature `tau`):
+  binary forward with exactly `kept_count` tokens, the always-kept ones among them;
+  only live tokens can be kept, so a token dropped at a stage stays dropped.
+
+  Args:
+    schedule: the Schedule.
+    score_params: per-stage Predictor parameters.
+    n: <int32>[batch] prompt lengths.
+    rng: PRNG key, or None.
+    tau: Gumbel temperature.
+    logits_out: a list each stage's predictor logits <float32>[batch, seq, 2] are
+      appended to, in stage order (for losses on them), or None.
+  """
+  def mask_fn(stage, inputs: StageInputs):
+    logits = predictor_logits(score_params[stage], inputs.hidden)
+    if logits_out is not None:
+      logits_out.append(logits)
+    inputs = inputs.replace(n=n)
+    if rng is None:
+      score_fn = lambda *_: sdtp.keep_score(logits)
+      return select_mask(schedule, score_fn, None, stage, inputs).astype(jnp.float32)
+    always = always_kept(inputs.positions, n, schedule.keep_first, schedule.keep_last)
+    k = kept_count(n, schedule.keep[stage], schedule.keep_first, schedule.keep_last)
+    return sdtp.gumbel_top_k_keep(sdtp.keep_score(logits), jax.random.fold_in(rng, stage),
+                                  inputs.live, always, k, tau)
   return mask_fn
 
 
@@ -645,9 +688,11 @@ def load_predictors(workdir: str, config: decoder_lib.DecoderConfig,
                     ratio: Optional[float] = None) -> tuple[list, Schedule, dict]:
   """(per-stage Predictor parameters, Schedule, the saved extras) from a workdir.
 
-  `ratio` replaces the saved keep ratios by ratio^(s+1) at the same layers. The
-  modules are trained on the unpruned model's hidden states, so one training serves
-  every ratio.
+  `ratio` replaces the saved keep ratios by ratio^(s+1) at the same layers. Modules
+  trained by teacher forcing (the unpruned model's hidden states) serve every ratio;
+  those of the 'pruned' recipe (`meta["config"]["train"]["recipe"]`) saw the hidden
+  states of the saved schedule's pruning, so another ratio runs them off that
+  distribution.
   """
   meta_path = os.path.join(workdir, "sdtp.json")
   if not os.path.isfile(meta_path):
