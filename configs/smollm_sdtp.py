@@ -19,12 +19,13 @@ Two training recipes (`train.recipe`; tpjax/training/sdtp_decoder.py):
   cumulative through the stages, loss lm_weight LM + kd_weight KL(unpruned || pruned)
   on the always-kept tail + the same MSE and ranking terms, backbone frozen.
   Cost per step, SmolLM2-135M on this 2-core CPU: one 1024-token window took 122 s
-  (plus 52 s to compile) at nice 19 beside a training job, load average 7.2; a step
-  runs about four forwards per window (the unpruned teacher, the masked student, its
-  per-layer recomputation in the backward, the backward itself) at the unpruned
-  prefill's 2.9 s each on a quiet machine (sdtp_decoder_speed.json), so about 12-15 s
-  per window: 1.5-2 min per 8-window step quiet, about 16 min at that load, and
-  300 steps 8-10 hours quiet. Extrapolated from the one batch-1 step, not measured at
+  (plus 52 s to compile) at nice 19 beside a training job, load average 7.2, when
+  each step still ran the unpruned teacher; it now runs once per window before
+  training (training.sdtp_decoder.teacher_tail), leaving about three forwards per
+  window and step (the masked student, its per-layer recomputation in the backward,
+  the backward itself) at the unpruned prefill's 2.9 s each on a quiet machine
+  (sdtp_decoder_speed.json): about 9-12 s per window, 1.2-1.6 min per 8-window step,
+  300 steps 6-8 hours quiet. Extrapolated from the one batch-1 step, not measured at
   batch 8. Train it with fewer steps, or on a GPU.
 
 Window cost (issue 25 item 5): 1024 tokens, the shortest evaluated prompt, where 512

@@ -104,7 +104,8 @@ def test_straight_through_gradient_reaches_every_predictor_and_not_the_backbone(
   params, predictors, _, targets = tiny
   config = _config(mse_weight=0.0, rank_weight=0.0)
   ids, t = jnp.asarray(WINDOWS[:2]), jnp.asarray(targets[:, :2])
-  loss = lambda p, mp: train_lib.pruned_loss(p, mp, ids, t, jax.random.PRNGKey(3),
+  teacher = train_lib.teacher_tail(TINY, params, ids, SPAN)
+  loss = lambda p, mp: train_lib.pruned_loss(p, mp, ids, teacher, t, jax.random.PRNGKey(3),
                                              SCHEDULE, SPAN, config, TINY)[0]
   g_pred, g_model = jax.jit(jax.grad(loss, argnums=(0, 1)))(predictors, params)
   for stage, g in enumerate(g_pred):
@@ -125,8 +126,10 @@ def test_kd_is_the_forward_kl_zero_without_pruning(tiny):
       params)
   config = _config()
   ids, t = jnp.asarray(WINDOWS[:2]), jnp.asarray(targets[:, :2])
+  teacher = train_lib.teacher_tail(TINY, params, ids, SPAN)
   loss = jax.jit(lambda schedule, rng: train_lib.pruned_loss(
-      predictors, params, ids, t, rng, schedule, SPAN, config, TINY)[1], static_argnums=0)
+      predictors, params, ids, teacher, t, rng, schedule, SPAN, config, TINY)[1],
+                 static_argnums=0)
   parts = loss(SCHEDULE, None)
   model = decoder.DecoderModel(TINY)
   full = jax.nn.log_softmax(model.apply({"params": params}, ids)[:, 32:39], -1)
@@ -156,10 +159,11 @@ def test_steps_on_a_fixed_batch_lower_the_loss(tiny):
   tx = optax.adam(config.train.learning_rate)
   step = train_lib.pruned_step(tx, SCHEDULE, SPAN, config, TINY)
   before = jax.tree.map(np.array, params)
+  teacher = train_lib.teacher_tail(TINY, params, jnp.asarray(WINDOWS[:2]), SPAN)
   p, opt = predictors, tx.init(predictors)
   losses = []
   for _ in range(12):
-    p, opt, loss, _ = step(p, opt, params, jnp.asarray(WINDOWS[:2]),
+    p, opt, loss, _ = step(p, opt, params, jnp.asarray(WINDOWS[:2]), teacher,
                            jnp.asarray(targets[:, :2]), jax.random.PRNGKey(5))
     losses.append(float(loss))
   assert np.all(np.isfinite(losses))

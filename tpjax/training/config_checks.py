@@ -25,11 +25,11 @@ class ConfigError(ValueError):
   """A config value that cannot work; the message lists every such value."""
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
   return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
   return (isinstance(value, (int, float)) and not isinstance(value, bool)
           and math.isfinite(value))
 
@@ -57,22 +57,22 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
       found.append(f"config.{field}={value!r} is not allowed ({allowed})")
 
   def positive_int(field, value):
-    need(_is_int(value) and value >= 1, field, "an integer of at least 1")
+    need(is_int(value) and value >= 1, field, "an integer of at least 1")
 
   need(config.task in glue.TASKS, "task", f"one of {', '.join(glue.TASKS)}")
-  need(_is_int(config.seed), "seed", "an integer")
+  need(is_int(config.seed), "seed", "an integer")
   stages = tuple(config.stages)
   need(bool(stages) and all(s in pruning_base.STAGES for s in stages)
        and len(set(stages)) == len(stages), "stages",
        f"a non-empty sequence of distinct names from {pruning_base.STAGES}")
-  need(_is_int(config.num_devices) and config.num_devices >= 0, "num_devices",
+  need(is_int(config.num_devices) and config.num_devices >= 0, "num_devices",
        "0 for all devices, or a positive count")
   if config.coordinator_address:
     need(config.distributed, "distributed", "True with a coordinator_address")
-    need(_is_int(config.num_processes) and config.num_processes >= 1, "num_processes",
+    need(is_int(config.num_processes) and config.num_processes >= 1, "num_processes",
          "the number of processes, at least 1, with a coordinator_address")
-    need(_is_int(config.process_id) and 0 <= config.process_id < max(
-        config.num_processes if _is_int(config.num_processes) else 1, 1), "process_id",
+    need(is_int(config.process_id) and 0 <= config.process_id < max(
+        config.num_processes if is_int(config.num_processes) else 1, 1), "process_id",
          "this process's index, from 0 to num_processes - 1")
   need(config.pruning.method in registry.METHODS, "pruning.method",
        f"one of {', '.join(registry.METHODS)}")
@@ -87,16 +87,16 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
   positive_int("data.per_device_eval_batch_size", data.per_device_eval_batch_size)
   for field in ("max_train_examples", "max_eval_examples"):
     value = data[field]
-    need(value is None or (_is_int(value) and value >= 1), f"data.{field}",
+    need(value is None or (is_int(value) and value >= 1), f"data.{field}",
          "None for all, or an integer of at least 1")
-  need(_is_number(data.selection_fraction) and 0 <= data.selection_fraction < 1,
+  need(is_number(data.selection_fraction) and 0 <= data.selection_fraction < 1,
        "data.selection_fraction", "a number from 0 (select on dev) up to, not including, 1")
-  need(_is_int(data.selection_max_examples) and data.selection_max_examples >= 0,
+  need(is_int(data.selection_max_examples) and data.selection_max_examples >= 0,
        "data.selection_max_examples", "0 for no cap, or a positive count")
-  need(_is_int(data.selection_seed), "data.selection_seed", "an integer")
-  need(all(_is_int(b) and b >= 1 for b in data.buckets), "data.buckets",
+  need(is_int(data.selection_seed), "data.selection_seed", "an integer")
+  need(all(is_int(b) and b >= 1 for b in data.buckets), "data.buckets",
        "positive token lengths")
-  if _is_int(data.max_length) and data.max_length >= 2:
+  if is_int(data.max_length) and data.max_length >= 2:
     try:
       positions = model_positions(config)
     except (OSError, ValueError) as err:
@@ -109,7 +109,7 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
 
   if config.pruning.method == "top":
     first = config.pruning.get("top_first_layer")
-    need(_is_int(first) and first >= 1, "pruning.top_first_layer",
+    need(is_int(first) and first >= 1, "pruning.top_first_layer",
          "an integer of at least 1: layer 0 never prunes, as in the ToP reference, whose "
          "prune locations start at 2 using layer 1's scores")
     try:
@@ -118,18 +118,18 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
       found.append(f"config.{err}".rstrip("."))
 
   train = config.train
-  need(_is_number(train.warmup_ratio) and 0 <= train.warmup_ratio <= 1,
+  need(is_number(train.warmup_ratio) and 0 <= train.warmup_ratio <= 1,
        "train.warmup_ratio", "a number from 0 to 1")
-  need(_is_number(train.weight_decay) and train.weight_decay >= 0, "train.weight_decay",
+  need(is_number(train.weight_decay) and train.weight_decay >= 0, "train.weight_decay",
        "a number of at least 0")
-  need(_is_number(train.grad_clip) and train.grad_clip > 0, "train.grad_clip",
+  need(is_number(train.grad_clip) and train.grad_clip > 0, "train.grad_clip",
        "a number above 0")
   need(train.clip_mode in ("per_group", "joint"), "train.clip_mode", "per_group or joint")
-  need(_is_number(train.flops_slack) and train.flops_slack >= 0, "train.flops_slack",
+  need(is_number(train.flops_slack) and train.flops_slack >= 0, "train.flops_slack",
        "a number of at least 0")
-  need(_is_int(train.max_steps) and train.max_steps >= 0, "train.max_steps",
+  need(is_int(train.max_steps) and train.max_steps >= 0, "train.max_steps",
        "0 for no cap, or a positive count")
-  need(_is_int(train.eval_every_steps) and train.eval_every_steps >= 0,
+  need(is_int(train.eval_every_steps) and train.eval_every_steps >= 0,
        "train.eval_every_steps", "0 for once per epoch, or a positive count")
   positive_int("train.log_every_steps", train.log_every_steps)
   positive_int("train.checkpoint_every_steps", train.checkpoint_every_steps)
@@ -139,10 +139,10 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
       continue
     settings = config.stage_settings[stage]
     prefix = f"stage_settings.{stage}."
-    need(_is_number(settings.num_epochs) and settings.num_epochs > 0,
+    need(is_number(settings.num_epochs) and settings.num_epochs > 0,
          prefix + "num_epochs", "a number above 0")
     for field in ("learning_rate", "pruning_learning_rate"):
-      need(_is_number(settings[field]) and settings[field] >= 0, prefix + field,
+      need(is_number(settings[field]) and settings[field] >= 0, prefix + field,
            "a number of at least 0")
     need(settings.handover in ("best", "last"), prefix + "handover", "best or last")
     budget = settings.flops_budget
@@ -154,11 +154,11 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
         ok = False
     need(ok, prefix + "flops_budget", "'', 'start' or a number above 0")
     every = settings.eval_every_steps
-    need(every is None or (_is_int(every) and every > 0), prefix + "eval_every_steps",
+    need(every is None or (is_int(every) and every > 0), prefix + "eval_every_steps",
          "None (train.eval_every_steps) or a positive count")
     for field in ("warmup_ratio", "weight_decay"):
       value = settings[field]
-      need(value is None or (_is_number(value) and value >= 0), prefix + field,
+      need(value is None or (is_number(value) and value >= 0), prefix + field,
            "None or a number of at least 0")
     need(settings.clip_mode in (None, "per_group", "joint"), prefix + "clip_mode",
          "None, per_group or joint")

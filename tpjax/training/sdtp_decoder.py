@@ -87,12 +87,8 @@ def config_problems(config) -> list[str]:
     if not ok:
       found.append(f"config.train.{field}={tc.get(field)!r} is not allowed ({allowed})")
 
-  def number(value) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value))
-
-  def count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+  number = config_checks.is_number
+  count = lambda value: config_checks.is_int(value) and value >= 1
 
   need(tc.get("recipe") in RECIPES, "recipe", " or ".join(RECIPES))
   need(count(tc.steps), "steps", "an integer of at least 1")
@@ -341,6 +337,16 @@ def tail_log_probs(cfg, params, hidden: jax.Array, span: tuple[int, int]) -> jax
   return jax.nn.log_softmax(logits, axis=-1)
 
 
+def teacher_tail(cfg, params, ids: jax.Array, span: tuple[int, int]) -> jax.Array:
+  """The unpruned model's last-layer output at the span's positions: ids <int32>[B, L]
+  -> <float32>[B, end - start, d]. It does not change during training, so the
+  'pruned' recipe computes it once per window instead of once per step."""
+  positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
+  full, _, _ = sdtp_decoder.masked_prefill(cfg, params, ids, positions,
+                                           jnp.ones(ids.shape, bool), NO_PRUNING, None)
+  return full[:, span[0]:span[1]]
+
+
 def lm_loss(logp: jax.Array, ids: jax.Array, span: tuple[int, int]) -> jax.Array:
   """Mean next-token loss over the span: logp <float32>[B, T, V] (`tail_log_probs`),
   ids <int32>[B, L] -> <float32>[B]."""
@@ -363,7 +369,8 @@ def kd_loss(teacher_logp: jax.Array, student_logp: jax.Array) -> jax.Array:
   return jnp.mean(jnp.sum(p * (teacher_logp - student_logp), axis=-1), axis=-1)
 
 
-def pruned_loss(score_params, params, ids, targets, rng, schedule, span, config, cfg):
+def pruned_loss(score_params, params, ids, teacher, targets, rng, schedule, span, config,
+                cfg):
   """The 'pruned' recipe's loss on a batch of windows, the model pruned by the modules:
 
       lm_weight LM + kd_weight KL(unpruned || pruned)
@@ -381,6 +388,7 @@ def pruned_loss(score_params, params, ids, targets, rng, schedule, span, config,
     score_params: per-stage Predictor parameters.
     params: the decoder's parameters.
     ids: <int32>[B, L] windows.
+    teacher: <float32>[B, T, d] their `teacher_tail`.
     targets: <float32>[S, B, L] saliency targets.
     rng: PRNG key, or None for the inference decision.
     schedule: the Schedule.
@@ -397,9 +405,8 @@ def pruned_loss(score_params, params, ids, targets, rng, schedule, span, config,
   batch, window = ids.shape
   positions = jnp.broadcast_to(jnp.arange(window), ids.shape)
   valid = jnp.ones(ids.shape, bool)
-  full, _, _ = sdtp_decoder.masked_prefill(cfg, params, ids, positions, valid, NO_PRUNING,
-                                           None)
-  teacher = jax.lax.stop_gradient(tail_log_probs(cfg, params, full, span))
+  teacher = jax.lax.stop_gradient(
+      tail_log_probs(cfg, params, teacher, (0, span[1] - span[0])))
   n = jnp.full((batch,), window, jnp.int32)
   logits = []
   mask_fn = sdtp_decoder.predictor_mask_fn(schedule, score_params, n, rng, tc.gumbel_tau,
@@ -421,14 +428,15 @@ def pruned_loss(score_params, params, ids, targets, rng, schedule, span, config,
 def pruned_step(tx, schedule, span, config, cfg):
   """The 'pruned' recipe's training step, jitted and pure:
 
-      (score_params, opt_state, params, ids <int32>[B, L], targets <float32>[S, B, L],
-       rng) -> (score_params, opt_state, loss, parts of `pruned_loss`)
+      (score_params, opt_state, params, ids <int32>[B, L], teacher <float32>[B, T, d],
+       targets <float32>[S, B, L], rng) -> (score_params, opt_state, loss, parts of
+       `pruned_loss`)
 
   The backbone `params` is an argument (closed over, XLA would constant-fold it) and
   gets no update."""
-  def step(score_params, opt, params, ids, targets, rng):
+  def step(score_params, opt, params, ids, teacher, targets, rng):
     (loss, parts), grads = jax.value_and_grad(pruned_loss, has_aux=True)(
-        score_params, params, ids, targets, rng, schedule, span, config, cfg)
+        score_params, params, ids, teacher, targets, rng, schedule, span, config, cfg)
     updates, opt = tx.update(grads, opt, score_params)
     return optax.apply_updates(score_params, updates), opt, loss, parts
   return jax.jit(step)
@@ -455,18 +463,22 @@ def train_pruned(model_params, windows, targets, hiddens, schedule, config, cfg)
   tx = optax.adam(tc.learning_rate)
   update = pruned_step(tx, schedule, span, config, cfg)
   key = jax.random.PRNGKey(config.seed)
+  tail = jax.jit(lambda mp, ids: teacher_tail(cfg, mp, ids, span))
+  teachers = np.concatenate([np.asarray(tail(model_params, windows[i:i + tc.batch_size]))
+                             for i in range(0, len(windows), tc.batch_size)])
   train_ids, train_t = windows[:-held], targets[:, :-held]
   val_ids, val_t = jnp.asarray(windows[-held:]), jnp.asarray(targets[:, -held:])
 
   def step(p, o, pick, i):
     return update(p, o, model_params, jnp.asarray(train_ids[pick]),
-                  jnp.asarray(train_t[:, pick]), jax.random.fold_in(key, i))
+                  jnp.asarray(teachers[pick]), jnp.asarray(train_t[:, pick]),
+                  jax.random.fold_in(key, i))
 
-  held_out = jax.jit(lambda p, mp, ids, t: pruned_loss(p, mp, ids, t, None, schedule, span,
-                                                      config, cfg))
+  held_out = jax.jit(lambda p, mp, ids, te, t: pruned_loss(p, mp, ids, te, t, None,
+                                                          schedule, span, config, cfg))
 
   def evaluate(p):
-    loss, parts = held_out(p, model_params, val_ids, val_t)
+    loss, parts = held_out(p, model_params, val_ids, jnp.asarray(teachers[-held:]), val_t)
     out = {"loss": float(loss), **{k: np.asarray(v).tolist() for k, v in parts.items()}}
     if hiddens is not None:
       prunable = np.broadcast_to(~always_mask(windows.shape[1], schedule),
