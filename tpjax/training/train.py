@@ -221,6 +221,7 @@ class _StopRequest:
 
   def __init__(self):
     self.requested = False
+    self.signum = None
     self._previous = {}
 
   def __enter__(self):
@@ -229,8 +230,10 @@ class _StopRequest:
     return self
 
   def _handle(self, signum, frame):
+    # No logging here: the signal can land inside a log write, and logging from the
+    # handler would re-enter that stream. The loop logs once it sees the flag.
     del frame
-    logging.warning("Signal %d: saving a checkpoint, then exiting.", signum)
+    self.signum = signum
     self.requested = True
 
   def __exit__(self, *exc):
@@ -449,6 +452,8 @@ def run_stage(ctx: RunContext, stage: str, init_params: dict,
             ckpts.save_latest(step, state)
           # Every process stops at the same step, so all of them save it (a collective).
           if parallel.any_process(stop.requested):
+            logging.warning("Stop requested (signal %s in this process): saving a checkpoint, "
+                            "then exiting.", stop.signum)
             guard.check(state.params)
             ckpts.save_latest(step, state)
             raise Interrupted(f"Stopped at step {step} of stage {stage}; rerun the same "
