@@ -86,3 +86,26 @@ def test_only_entry_points_and_their_helper_at_the_top():
   top = sorted(n for n in os.listdir(_ROOT) if n.endswith(".py"))
   assert top == ["__init__.py", "benchmark.py", "cli.py", "generate.py", "main.py",
                  "predict.py", "report.py"]
+
+
+def test_readme_layout_names_every_module():
+  """README's Layout section shows the same picture as `ls tpjax`."""
+  with open(os.path.join(_ROOT, "..", "README.md"), encoding="utf-8") as f:
+    text = f.read()
+  layout = text[text.index("## Layout"):]
+  layout = layout[:layout.index("\n## ")]
+  for mark in "(),;:":
+    layout = layout.replace(mark, " ")
+  words = set(layout.split())
+  missing = []
+  for name in sorted(os.listdir(_ROOT)):
+    path = os.path.join(_ROOT, name)
+    if os.path.isdir(path) and os.path.exists(os.path.join(path, "__init__.py")):
+      if name + "/" not in words:
+        missing.append(name + "/")
+      missing += [f"{name}/{m}" for m in sorted(os.listdir(path))
+                  if m.endswith(".py") and m != "__init__.py"
+                  and m.removesuffix(".py") not in words]
+    elif name.endswith(".py") and name not in words:
+      missing.append(name)
+  assert not missing, f"README's Layout does not name {missing}"

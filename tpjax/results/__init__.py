@@ -1,2 +1,3 @@
-"""Results: reading benchmarks/results/*.json and the Pareto front (files), the pictures
-(plots) and README's generated tables (tables)."""
+"""Results: reading benchmarks/results/*.json and the Pareto front (files), curve files
+from finished runs against their task's one baseline (curves), the pictures (plots)
+and the generated tables of README and docs/ (tables)."""
