@@ -148,3 +148,16 @@ def test_make_run_table_gives_each_stage_and_the_drop_from_fine_tuning():
   assert "| `make run` | 2026-12-06 | AMD EPYC, 2 cores | 0 | 95.0 min | 1.0 min | 1.10 / 1.50 |" in text
   assert "| finetune | 1 | 89.56 | +0.00 | 1.000 | 45.0 min |" in text
   assert "| hard | 0.5 | 88.70 | -0.86 | 0.581 | 20.0 min |" in text
+
+
+def test_a_target_is_met_only_by_its_unrounded_median():
+  def ratio(median):
+    return {"median": median, "q25": median, "q75": median}
+  record = {"orders": ["sorted"], "ratios": {
+      "sorted": {"speedup_over_flops_reduction_best_unpruned": ratio(0.9496),
+                 "keep_all_time_over_unpruned": ratio(1.03)},
+      "batch1": {"pruned_over_unpruned_p50_per_round": ratio(1.0004)}}}
+  text = tables._targets_table(record)
+  assert "| speedup vs the faster unpruned path / FLOPs reduction >= 0.95 | 0.950x, missed |" in text
+  assert "| keep-all time / unpruned time <= 1.03 | 1.030x, met |" in text
+  assert "| batch 1: pruned / unpruned p50 <= 1 | 1.000x, missed |" in text

@@ -11,7 +11,8 @@ The file's kind (`files.kind_of`, told by a key only that kind has) picks the ta
   curve      trained runs: accuracy, drop, FLOPs, tokens kept per layer; with the hard
              stage's FLOPs budget when the runs record their soft stage's end;
   sweep      training-free pruning of one run over a grid of settings;
-  inference  throughput and latency per system, then the per-round speed ratios;
+  inference  throughput and latency per system, the per-round speed ratios, then each
+             speed target of docs/benchmarks.md with its measured median;
   ratios     one trained SDTP run at other keep ratios (accuracy, F1, tokens pruned);
   rules      one ToP run's weights under both inference rules;
   decoder_speed, sdtp_decoder_quality, sdtp_decoder_speed, engine_designs,
@@ -214,7 +215,58 @@ def inference_table(data: dict) -> str:
     header.insert(1, "accuracy")
   if paired:
     header.append(f"speed vs unpruned, per round, median [IQR] of {data['rounds']}")
-  return _table(header + ["p50 / p99 latency (ms)"], rows) + _ratio_table(data)
+  return (_table(header + ["p50 / p99 latency (ms)"], rows) + _ratio_table(data)
+          + _targets_table(data))
+
+
+# The speed targets of docs/benchmarks.md: ((ratio key, what it says), ...), at least /
+# at most, the goal. The first key the file has is judged; "batch 1" ratios are
+# order-free.
+_TARGETS = [
+    ((("speedup_over_flops_reduction_best_unpruned",
+       "speedup vs the faster unpruned path / FLOPs reduction"),
+      ("speedup_over_flops_reduction",
+       "speedup vs unpruned (plain forward, keep-all not measured) / FLOPs reduction")),
+     ">=", 0.95),
+    ((("keep_all_time_over_unpruned", "keep-all time / unpruned time"),), "<=", 1.03),
+    ((("pruned_over_unpruned_p50_per_round", "batch 1: pruned / unpruned p50"),), "<=", 1.0),
+    ((("pruned_over_unpruned_p99_per_round", "batch 1: pruned / unpruned p99"),), "<=", 1.0),
+    ((("pruned_over_onnxruntime_p50_per_round", "batch 1: pruned / ONNX Runtime p50"),),
+     "<=", 1.0),
+    ((("unpruned_speedup_vs_hf_pytorch", "unpruned speed / HF PyTorch eager"),), ">=", 1.2),
+    ((("unpruned_speedup_vs_onnxruntime", "unpruned speed / ONNX Runtime"),), ">=", 1.0),
+    ((("pruned_speedup_vs_onnxruntime", "pruned speed / ONNX Runtime"),), ">=", 1.5),
+    ((("pruned_speedup_vs_onnxruntime_int8", "pruned speed / ONNX Runtime int8"),),
+     ">=", 1.5),
+]
+
+
+def _targets_table(data: dict) -> str:
+  """Each speed target the file can judge: its measured median (three decimals) and
+  whether that median, unrounded, reaches it; one column per order."""
+  ratios = data.get("ratios") or {}
+  orders = [o for o in data.get("orders", []) if o in ratios]
+  if not orders:
+    return ""
+  rows = []
+  for choices, op, goal in _TARGETS:
+    batch1 = choices[0][1].startswith("batch 1")
+    found = ratios.get("batch1", {}) if batch1 else ratios[orders[0]]
+    key, what = next(((k, w) for k, w in choices if isinstance(found.get(k), dict)),
+                     (None, None))
+    if key is None:
+      continue
+    cells = []
+    for i, order in enumerate(orders):
+      d = (ratios.get("batch1", {}) if batch1 else ratios[order]).get(key)
+      if not isinstance(d, dict) or (batch1 and i > 0):
+        cells.append("-")
+        continue
+      met = d["median"] >= goal if op == ">=" else d["median"] <= goal
+      cells.append(f"{d['median']:.3f}x, {'met' if met else 'missed'}")
+    rows.append([f"{what} {op} {goal:g}"] + cells)
+  return "\n" + _table(["speed target, measured median"]
+                       + [f"{o} batches" for o in orders], rows)
 
 
 _RATIO_NAMES = {
