@@ -146,8 +146,8 @@ def test_make_run_table_gives_each_stage_and_the_drop_from_fine_tuning():
   assert result_files.kind_of(record) == "fresh_clone"
   text = tables.table_for("make_run.json", record)
   assert "| `make run` | 2026-12-06 | AMD EPYC, 2 cores | 0 | 95.0 min | 1.0 min | 1.10 / 1.50 |" in text
-  assert "| finetune | 1 | 89.56 | +0.00 | 1.000 | 45.0 min |" in text
-  assert "| hard | 0.5 | 88.70 | -0.86 | 0.581 | 20.0 min |" in text
+  assert "| finetune | 1 | 89.56 | +0.00 | 1.000 | - | - | 45.0 min |" in text
+  assert "| hard | 0.5 | 88.70 | -0.86 | 0.581 | - | - | 20.0 min |" in text
 
 
 def test_a_target_is_met_only_by_its_unrounded_median():

@@ -540,8 +540,10 @@ def precision_quality_table(data: dict) -> str:
 
 
 def fresh_clone_table(data: dict) -> str:
-  """`make run` or `make test` timed on a fresh clone; for `make run`, each stage's
-  dev accuracy and relative FLOPs, and the end's drop from the fine-tuned stage."""
+  """`make run` or `make test` timed on a fresh clone, its commit and, for `make test`,
+  its last line; for `make run`, each stage's dev accuracy and relative FLOPs, the
+  drop from the fine-tuned stage, and the checkpoint handed over, as judged on the
+  held-out slice."""
   load = data["load_average"]
   head = _table(["command", "date", "machine", "exit code", "wall time", "install",
                  "load average, mean / max"],
@@ -550,6 +552,11 @@ def fresh_clone_table(data: dict) -> str:
                   str(data["exit_code"]), f"{data['wall_s'] / 60:.1f} min",
                   f"{data['install_s'] / 60:.1f} min",
                   f"{load['mean']:.2f} / {load['max']:.2f}"]])
+  if data.get("commit"):
+    head += f"\nAt commit {data['commit'][:7]}"
+    summary_line = data.get("final_line", "")
+    head += (f"; its last line: `{summary_line}`.\n" if not data.get("summary")
+             and summary_line else ".\n")
   summary = data.get("summary")
   if not summary:
     return head
@@ -557,11 +564,19 @@ def fresh_clone_table(data: dict) -> str:
   for name, stage in summary["stages"].items():
     dev = next(iter(stage["dev"].values()))
     first = first or dev
+    chosen = stage.get("selection")
+    handed = "-" if not chosen else (
+        f"{stage.get('handover', '-')}: {_pct(chosen['accuracy'])} / "
+        f"{chosen['relative_flops']:.3f}")
+    budget = stage.get("flops_budget")
     rows.append([name, f"{stage['epochs']:g}", _pct(dev["accuracy"]),
                  f"{100 * (dev['accuracy'] - first['accuracy']):+.2f}",
-                 f"{dev['relative_flops']:.3f}", f"{stage['wall_time_s'] / 60:.1f} min"])
+                 f"{dev['relative_flops']:.3f}", handed,
+                 "-" if budget is None else f"{budget:g}",
+                 f"{stage['wall_time_s'] / 60:.1f} min"])
   return head + "\n" + _table(
       ["stage", "epochs", "dev accuracy", "points vs fine-tuned", "relative FLOPs",
+       "handed over, on the held-out slice: accuracy / FLOPs", "slice FLOPs bound",
        "wall time"], rows)
 
 
