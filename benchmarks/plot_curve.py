@@ -16,6 +16,7 @@ run per level, judged on the slice.
 """
 
 import json
+import os
 
 from absl import flags
 
@@ -49,11 +50,17 @@ def plot(result: dict, path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  name = glue.TASKS[result["task"]].tsv_dir
+  task = result_files.task_of(os.path.basename(path).removesuffix(".png"), result)
+  name = glue.TASKS[task].tsv_dir
   fig, ax = plt.subplots(figsize=(6, 4.2))
   base = result["baseline"]
-  ax.axhline(100 * base["accuracy"], color="gray", ls="--", lw=1,
-             label=f"unpruned ({base['run']})")
+  run = base.get("run") or os.path.basename(os.path.normpath(base["workdir"]))
+  epochs = base.get("epochs")
+  label = f"unpruned: {run}" + (f", {epochs:g} epoch{'s' * (epochs != 1)}"
+                                if isinstance(epochs, (int, float)) else "")
+  if not result_files.uses_baseline(result, result_files.task_baseline(task)):
+    label += ", not the task's baseline"
+  ax.axhline(100 * base["accuracy"], color="gray", ls="--", lw=1, label=label)
   ax.axhline(100 * base["accuracy"] - 1, color="gray", ls=":", lw=1, label="unpruned - 1")
   series = [("ltp", "LTP (soft + hard)", "o-", "C0"),
             ("top", "ToP (gates + distillation)", "D-", "C3"),
@@ -71,8 +78,8 @@ def plot(result: dict, path: str) -> None:
                     textcoords="offset points", xytext=(4, -10), fontsize=7)
   ax.set_xlabel("relative FLOPs (real lengths)")
   ax.set_ylabel(f"{name} dev accuracy (%)")
-  ax.set_title(f"MiniLM-L6 on {name}: accuracy vs FLOPs, chosen on the held-out slice",
-               fontsize=9)
+  ax.set_title(f"MiniLM-L6 on {name}: accuracy vs FLOPs, chosen on "
+               f"{result_files.selection_label(result)}", fontsize=9)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7, loc="lower right")
   fig.tight_layout()

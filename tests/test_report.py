@@ -84,7 +84,8 @@ def test_docs_links_resolve():
 def test_pages_speak_of_the_project_only():
   for page in _pages():
     text = _read(page)
-    assert "/work/" not in text, page
+    for path in ("/work/", "/root/", "/home/", "/tmp/"):
+      assert path not in text, (page, path)
     assert not re.search(r"\b[Ii]ssues? \d", text), page
 
 

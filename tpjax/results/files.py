@@ -321,7 +321,8 @@ def system_name(name: str, result: dict) -> str:
 def describe_inference(result: dict) -> str:
   """A title for one benchmark, e.g. 'SST-2 dev (872), run sst2_ltp (ltp), 0.622 FLOPs'.
 
-  The engine version is added when the file records it ("engine").
+  The engine version is added as the file records it ("engine"), or said to be
+  unrecorded.
 
   Args:
     result: A `tpjax.benchmark` result.
@@ -336,4 +337,4 @@ def describe_inference(result: dict) -> str:
   text = f"{task} {split} ({result['examples']}), run {run} ({result['method']})"
   flops = result.get("pruning", {}).get("relative_flops")
   text += f", {flops:.3f} FLOPs" if flops is not None else ""
-  return text + (f", engine {result['engine']}" if "engine" in result else "")
+  return text + f", engine {result.get('engine', 'not recorded')}"

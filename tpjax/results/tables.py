@@ -753,8 +753,11 @@ def draw_plots(results_dir: str, task: str) -> list:
     Paths written: `pareto_<task>.png` and `throughput.png`.
   """
   pareto = os.path.join(results_dir, f"pareto_{task}.png")
+  base = result_files.task_baseline(task, results_dir) or {}
+  against = (f", against {base['run']}{_epochs(base.get('epochs'))}" if base else "")
   plots.pareto_plot(result_files.accuracy_points(results_dir, task),
-                  title=f"{task}: dev accuracy versus relative FLOPs", path=pareto)
+                    title=f"{task}: dev accuracy versus relative FLOPs{against}",
+                    path=pareto)
   throughput = os.path.join(results_dir, "throughput.png")
   plots.throughput_plot(list(result_files.inference_results(results_dir).values()),
                       path=throughput)
