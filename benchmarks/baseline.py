@@ -30,12 +30,33 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "A finished run with a finetune 
 _COMMAND = flags.DEFINE_string("command", "", "The command(s) that made it.")
 _EPOCHS = flags.DEFINE_float("epochs", None, "Its fine-tune epochs in all (default: its "
                              "finetune stage's; give it when it started from another run).")
+_LOAD_LOG = flags.DEFINE_string("load_log", None, "A file of 1-minute load averages "
+                                "sampled during the run, one per line: recorded as its "
+                                "mean and max.")
 _PRINT = flags.DEFINE_enum("print", None, ["workdir", "run"], "Only print this field "
                            "of the task's baseline.")
 _RESULTS = flags.DEFINE_string("results", result_files.DEFAULT_DIR, "Results folder.")
 
 
-def record(task: str, workdir: str, command: str, epochs=None) -> dict:
+def slice_curve(workdir: str, metric: str) -> list:
+  """[[step, metric], ...] of every held-out slice evaluation of the fine-tune, so the
+  entry shows whether the metric had stopped rising."""
+  path = os.path.join(workdir, "finetune", "metrics.jsonl")
+  with open(path) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  return [[r["step"], r[metric]] for r in rows if r.get("split") == f"eval_{selection.SPLIT}"]
+
+
+def load_average(path: str) -> dict:
+  """{'samples', 'mean', 'max'} of the load averages in `path`, one per line."""
+  with open(path) as f:
+    load = [float(x) for x in f.read().split()]
+  if not load:
+    raise ValueError(f"{path!r} holds no load average samples.")
+  return {"samples": len(load), "mean": round(sum(load) / len(load), 2), "max": max(load)}
+
+
+def record(task: str, workdir: str, command: str, epochs=None, load_log=None) -> dict:
   """The baselines.json entry of finished run `workdir`.
 
   Raises:
@@ -59,9 +80,12 @@ def record(task: str, workdir: str, command: str, epochs=None) -> dict:
            "selection": {k: v for k, v in summary["selection"].items() if k != "metrics"},
            "accuracy": point["accuracy"], "relative_flops": point["relative_flops"],
            "tokens_kept_per_layer": point["tokens_kept_per_layer"],
-           "wall_time_s": point["wall_time_s"], "command": command}
+           "wall_time_s": point["wall_time_s"], "command": command,
+           "slice_curve": slice_curve(workdir, metric)}
   if metric != "accuracy":
     entry[metric] = point[metric]
+  if load_log:
+    entry["load_average"] = load_average(load_log)
   return entry
 
 
@@ -82,7 +106,7 @@ def main(argv):
     with open(path) as f:
       data = json.load(f)
   data["baselines"][_TASK.value] = record(_TASK.value, _WORKDIR.value, _COMMAND.value,
-                                          _EPOCHS.value)
+                                          _EPOCHS.value, _LOAD_LOG.value)
   with open(path, "w") as f:
     json.dump(data, f, indent=2)
     f.write("\n")

@@ -670,12 +670,33 @@ def baselines_table(data: dict, measured: dict) -> str:
     result = "not measured" if dev is None else _pct(dev["accuracy"]) + (
         f" / F1 {_pct(dev['f1'])}" if metric == "f1" and "f1" in dev else "")
     wall = entry.get("wall_time_s")
+    load = entry.get("load_average")
     rows.append([glue.TASKS[task].tsv_dir, entry["run"], _epochs(entry.get("epochs")).strip()
-                 or "-", result, result_files.selection_label(entry),
-                 f"{wall / 60:.0f} min" if wall else "-",
+                 or "-", _learning_rate(entry), result, result_files.selection_label(entry),
+                 _slice_curve(entry, metric),
+                 (f"{wall / 60:.0f} min" if wall else "-")
+                 + (f" (load {load['mean']:.1f})" if load else ""),
                  f"`{entry['command']}`" if entry.get("command") else "-"])
-  return _table(["task", "baseline run", "fine-tune", "dev accuracy", "checkpoint chosen on",
+  return _table(["task", "baseline run", "fine-tune", "lr", "dev accuracy",
+                 "checkpoint chosen on", "held-out slice per evaluation (step: metric)",
                  "wall time", "command"], rows)
+
+
+def _learning_rate(entry: dict) -> str:
+  return f"{entry['learning_rate']:g}" if entry.get("learning_rate") else "-"
+
+
+def _slice_curve(entry: dict, metric: str) -> str:
+  """'106: 82.1, 212: 84.9, ...' (percent) of a baseline's held-out slice evaluations,
+  the chosen one in bold; '-' when the entry has none."""
+  curve = entry.get("slice_curve")
+  if not curve:
+    return "-"
+  values = [value for _, value in curve]
+  chosen = values.index(max(values))  # a later tie is no new best
+  cells = [f"**{step}: {_pct(value)}**" if i == chosen else f"{step}: {_pct(value)}"
+           for i, (step, value) in enumerate(curve)]
+  return (f"{metric} " if metric != "accuracy" else "") + ", ".join(cells)
 
 
 _TABLES = {"precision_dots": precision_dots_table, "fresh_clone": fresh_clone_table,
