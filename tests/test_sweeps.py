@@ -6,6 +6,7 @@ at it. The tiny run holds a slice out; the sweeps reproduce the same slice from 
 config (`batching.load_train`).
 """
 
+import importlib.util
 import json
 import os
 import shutil
@@ -148,6 +149,30 @@ def test_training_free_sweep_reports_the_baseline_as_training_did(tiny_run):
   assert [g["final_threshold"] for g in result["grid"]] == [0.2]
   assert result_files.kind_of(result) == "sweep"
   assert "held-out selection slice (12 of 48" in tables.sweep_table(result)
+
+
+def _baseline_script():
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "benchmarks", "baseline.py")
+  spec = importlib.util.spec_from_file_location("baseline_script", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_a_baseline_records_its_slice_curve_and_load(tiny_run, tmp_path):
+  workdir, summary, _ = tiny_run
+  load_log = tmp_path / "load.log"
+  load_log.write_text("1.5\n2.5\n0.5\n")
+  entry = _baseline_script().record("sst2", workdir, "cmd", load_log=str(load_log))
+  # the tiny run judges the slice once, at its last step (2)
+  assert entry["slice_curve"] == [[2, summary["selection"]["metrics"]["accuracy"]]]
+  assert entry["load_average"] == {"samples": 3, "mean": 1.5, "max": 2.5}
+  # the table marks the first best evaluation, the one training kept
+  entry["slice_curve"] = [[10, 0.5], [20, 0.75], [30, 0.75], [40, 0.625]]
+  text = tables.baselines_table({"baselines": {"sst2": entry}}, {})
+  assert "10: 50.00, **20: 75.00**, 30: 75.00, 40: 62.50" in text
+  assert "(load 1.5)" in text
 
 
 def test_sdtp_sweep_chooses_on_the_slice(tiny_run, monkeypatch):
