@@ -167,6 +167,10 @@ def run_cli(module: str, *args: str, traceback: bool = False) -> tuple[int, str,
     if flag.name in flags.FLAGS:
       delattr(flags.FLAGS, flag.name)
   before, was_parsed = set(flags.FLAGS), flags.FLAGS.is_parsed()
+  # The whole environment comes back afterwards: a module run as __main__ may set
+  # variables for its own process (tpjax.generate adds XLA flags), which would reach
+  # the subprocesses of later tests.
+  saved_environ = dict(os.environ)
   saved_argv, saved_env = sys.argv, os.environ.pop(cli.TRACEBACK_ENV, None)
   if traceback:
     os.environ[cli.TRACEBACK_ENV] = "1"
@@ -186,6 +190,9 @@ def run_cli(module: str, *args: str, traceback: bool = False) -> tuple[int, str,
     os.environ.pop(cli.TRACEBACK_ENV, None)
     if saved_env is not None:
       os.environ[cli.TRACEBACK_ENV] = saved_env
+    if os.environ != saved_environ:
+      os.environ.clear()
+      os.environ.update(saved_environ)
     for name in set(flags.FLAGS) - before:
       if name in flags.FLAGS:
         delattr(flags.FLAGS, name)

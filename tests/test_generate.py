@@ -17,6 +17,7 @@ import gguf
 import jax
 import pytest
 
+from tests import helpers
 from tests import test_decoder
 from tpjax import cli
 from tpjax.inference import generation
@@ -85,7 +86,13 @@ def _text(tokens, tokenizer, eos):
   return tokenizer.decode(tokens)
 
 
-def _generate(*args):
+def _generate(*args, in_process=False):
+  """`python -m tpjax.generate <args>` as a CompletedProcess: a real process on one CPU
+  device, or with `in_process` run by helpers.run_cli (no jax import to pay for), where
+  the process itself is not what is tested; a real one exits 0 and one exits 2."""
+  if in_process:
+    code, stdout, stderr = helpers.run_cli("tpjax.generate", *args)
+    return subprocess.CompletedProcess(args, code, stdout, stderr)
   env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
   env.pop(cli.TRACEBACK_ENV, None)
   return subprocess.run([sys.executable, "-m", "tpjax.generate", *args], cwd=_ROOT,
@@ -105,7 +112,7 @@ def test_seeded_sampling_with_chat_is_reproducible(tiny_path):
   tokens, tokenizer = _library_tokens(tiny_path, 8, chat=True, seed=5, **sampling)
   result = _generate(f"--model={tiny_path}", f"--prompt={_PROMPT}", "--chat",
                      "--max_new_tokens=8", "--temperature=1.5", "--top_p=0.9",
-                     "--seed=5")
+                     "--seed=5", in_process=True)
   assert result.returncode == 0, result.stderr
   assert result.stdout == _text(tokens, tokenizer, 2) + "\n"
   # The flags matter: another seed, greedy decoding or no chat template differ.
@@ -124,7 +131,8 @@ def test_stops_at_eos(tiny_state, tiny_path, tmp_path):
   # The library stops after yielding EOS; without stop_at_eos it runs on.
   assert _library_tokens(path, 8)[0] == tokens[:stop + 1]
   assert _library_tokens(path, 8, stop_at_eos=False)[0] == tokens
-  result = _generate(f"--model={path}", f"--prompt={_PROMPT}", "--max_new_tokens=8")
+  result = _generate(f"--model={path}", f"--prompt={_PROMPT}", "--max_new_tokens=8",
+                     in_process=True)
   assert result.returncode == 0, result.stderr
   assert result.stdout == tokenizer.decode(tokens[:stop]) + "\n"
 
@@ -164,14 +172,14 @@ def test_text_is_written_token_by_token(tiny_path, monkeypatch):
   assert events == want + [("write", "\n")]
 
 
-@pytest.mark.parametrize("args,needle", [
-    (("--prompt=hi", "--temprature=0.5"), "Unknown command line flag 'temprature'"),
-    (("--prompt=hi", "--max_new_tokens=x"), "--max_new_tokens"),
-    (("--prompt=hi", "--top_p=1.5"), "--top_p=1.5 is not allowed"),
-    (("--max_new_tokens=4",), "--prompt is required"),
+@pytest.mark.parametrize("args,needle,in_process", [
+    (("--prompt=hi", "--temprature=0.5"), "Unknown command line flag 'temprature'", False),
+    (("--prompt=hi", "--max_new_tokens=x"), "--max_new_tokens", True),
+    (("--prompt=hi", "--top_p=1.5"), "--top_p=1.5 is not allowed", True),
+    (("--max_new_tokens=4",), "--prompt is required", True),
 ])
-def test_bad_flag_is_one_paragraph_and_exit_2(args, needle):
-  result = _generate(*args)
+def test_bad_flag_is_one_paragraph_and_exit_2(args, needle, in_process):
+  result = _generate(*args, in_process=in_process)
   assert result.returncode == 2, result.stderr
   assert result.stdout == "" and "Traceback" not in result.stderr
   paragraph = result.stderr.strip()
