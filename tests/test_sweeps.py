@@ -151,6 +151,22 @@ def test_training_free_sweep_reports_the_baseline_as_training_did(tiny_run):
   assert "held-out selection slice (12 of 48" in tables.sweep_table(result)
 
 
+def test_a_sweep_chosen_on_f1_shows_dev_f1_beside_accuracy():
+  row = {"method": "threshold", "final_threshold": 0.01, "flops_levels": [0.65],
+         "selection": {"f1": 0.9, "relative_flops": 0.6}, "accuracy": 0.75, "f1": 0.8125,
+         "relative_flops": 0.6, "tokens_kept_per_layer": [1.0, 0.5]}
+  unpruned = dict(row, method="none", final_threshold=None, flops_levels=None,
+                  accuracy=0.7, f1=0.875, relative_flops=1.0, tokens_kept_per_layer=[1.0, 1.0])
+  data = {"task": "mrpc", "metric": "f1", "selected_on": SPLIT, "method": "threshold",
+          "selection": {"split": SPLIT, "fraction": 0.1, "seed": 0, "examples": 10,
+                        "train_examples": 90},
+          "grid": [row], "rows": [unpruned, row],
+          "baseline": {"run": "base", "workdir": "runs/base", "epochs": 10}}
+  text = tables.sweep_table(data)
+  assert "| dev accuracy | dev f1 |" in text
+  assert "| 70.00 | 87.50 | 1.000 |" in text and "| 75.00 | 81.25 | 0.600 |" in text
+
+
 def _baseline_script():
   path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       "benchmarks", "baseline.py")

@@ -174,14 +174,19 @@ def sweep_table(data: dict, name: str = "", measured: dict = None) -> str:
                    "dev accuracy", "relative FLOPs", "tokens kept per layer"],
                   rows) + _chosen_note(data)
   metric = data["metric"]
+  # A task chosen on another metric (MRPC: F1) shows it on dev too.
+  dev_metric = metric if metric != "accuracy" and all(metric in r for r in data["rows"]) \
+      else None
   rows = [[(result_files.setting_label(row) + _full_layers(row)) or "unpruned",
            _level_list(row.get("flops_levels")) or "-",
-           _slice_cell(row, metric), _pct(row["accuracy"]),
-           f"{row['relative_flops']:.3f}", _fractions(row["tokens_kept_per_layer"])]
+           _slice_cell(row, metric), _pct(row["accuracy"])]
+          + ([_pct(row[dev_metric])] if dev_metric else [])
+          + [f"{row['relative_flops']:.3f}", _fractions(row["tokens_kept_per_layer"])]
           for row in data["rows"]]
   return _table([f"{data['method']} on {run}, no training, best per FLOPs level",
-                 "FLOPs levels", f"slice {metric} / FLOPs", "dev accuracy",
-                 "relative FLOPs", "tokens kept per layer"], rows) + (
+                 "FLOPs levels", f"slice {metric} / FLOPs", "dev accuracy"]
+                + ([f"dev {dev_metric}"] if dev_metric else [])
+                + ["relative FLOPs", "tokens kept per layer"], rows) + (
                      _chosen_note(data).rstrip("\n")
                      + f" {len(data['grid'])} settings tried.\n")
 
