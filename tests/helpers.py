@@ -68,6 +68,8 @@ PRUNING_KEEP = (1.0, 0.7, 0.7, 0.7)
 class StopAfter:
   """Stands in for the signal handler: asks to stop after `n` steps."""
 
+  signum = None  # as if another process had been signalled
+
   def __init__(self, n):
     self.n = n
     self.checks = 0

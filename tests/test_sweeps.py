@@ -11,6 +11,8 @@ import json
 import os
 import shutil
 
+from absl import app  # pylint: disable=unused-import
+from absl import flags
 import pytest
 
 from tests import helpers
@@ -172,7 +174,11 @@ def _baseline_script():
                       "benchmarks", "baseline.py")
   spec = importlib.util.spec_from_file_location("baseline_script", path)
   module = importlib.util.module_from_spec(spec)
+  before = set(flags.FLAGS)  # absl.app's own flags are in: test_sweeps imports it
   spec.loader.exec_module(module)
+  # Its flags go again: a CLI run in this process later defines some of the same names.
+  for name in set(flags.FLAGS) - before:
+    delattr(flags.FLAGS, name)
   return module
 
 

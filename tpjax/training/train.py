@@ -452,8 +452,8 @@ def run_stage(ctx: RunContext, stage: str, init_params: dict,
             ckpts.save_latest(step, state)
           # Every process stops at the same step, so all of them save it (a collective).
           if parallel.any_process(stop.requested):
-            logging.warning("Stop requested (signal %s in this process): saving a checkpoint, "
-                            "then exiting.", stop.signum)
+            logging.warning("Stop requested (%s): saving a checkpoint, then exiting.",
+                            f"signal {stop.signum}" if stop.signum else "another process")
             guard.check(state.params)
             ckpts.save_latest(step, state)
             raise Interrupted(f"Stopped at step {step} of stage {stage}; rerun the same "
