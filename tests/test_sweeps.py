@@ -6,13 +6,10 @@ at it. The tiny run holds a slice out; the sweeps reproduce the same slice from 
 config (`batching.load_train`).
 """
 
-import importlib.util
 import json
 import os
 import shutil
 
-from absl import app  # pylint: disable=unused-import
-from absl import flags
 import pytest
 
 from tests import helpers
@@ -169,24 +166,11 @@ def test_a_sweep_chosen_on_f1_shows_dev_f1_beside_accuracy():
   assert "| 70.00 | 87.50 | 1.000 |" in text and "| 75.00 | 81.25 | 0.600 |" in text
 
 
-def _baseline_script():
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                      "benchmarks", "baseline.py")
-  spec = importlib.util.spec_from_file_location("baseline_script", path)
-  module = importlib.util.module_from_spec(spec)
-  before = set(flags.FLAGS)  # absl.app's own flags are in: test_sweeps imports it
-  spec.loader.exec_module(module)
-  # Its flags go again: a CLI run in this process later defines some of the same names.
-  for name in set(flags.FLAGS) - before:
-    delattr(flags.FLAGS, name)
-  return module
-
-
 def test_a_baseline_records_its_slice_curve_and_load(tiny_run, tmp_path):
   workdir, summary, _ = tiny_run
   load_log = tmp_path / "load.log"
   load_log.write_text("1.5\n2.5\n0.5\n")
-  entry = _baseline_script().record("sst2", workdir, "cmd", load_log=str(load_log))
+  entry = curves.baseline_entry("sst2", workdir, "cmd", load_log=str(load_log))
   # the tiny run judges the slice once, at its last step (2)
   assert entry["slice_curve"] == [[2, summary["selection"]["metrics"]["accuracy"]]]
   assert entry["load_average"] == {"samples": 3, "mean": 1.5, "max": 2.5}

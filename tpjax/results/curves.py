@@ -207,3 +207,54 @@ def collect(task: str, runs: dict, top_rules=(), sweeps=(), sdtp=(), levels=None
     result[f"{sweep['method']}_training_free"] = [
         {**row, "source": path} for row in sweep["rows"] if row["method"] != "none"]
   return result
+
+
+def slice_curve(workdir: str, metric: str) -> list:
+  """[[step, metric], ...] of every held-out slice evaluation of the fine-tune, so the
+  entry shows whether the metric had stopped rising."""
+  path = os.path.join(workdir, "finetune", "metrics.jsonl")
+  with open(path) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  return [[r["step"], r[metric]] for r in rows if r.get("split") == f"eval_{selection.SPLIT}"]
+
+
+def load_average(path: str) -> dict:
+  """{'samples', 'mean', 'max'} of the load averages in `path`, one per line."""
+  with open(path) as f:
+    load = [float(x) for x in f.read().split()]
+  if not load:
+    raise ValueError(f"{path!r} holds no load average samples.")
+  return {"samples": len(load), "mean": round(sum(load) / len(load), 2), "max": max(load)}
+
+
+def baseline_entry(task: str, workdir: str, command: str, epochs=None, load_log=None) -> dict:
+  """The baselines.json entry of finished run `workdir`.
+
+  Raises:
+    ValueError: If the run chose its checkpoint on dev (no held-out slice), or has
+      no finetune stage.
+  """
+  summary = read_summary(workdir)
+  point = run_point(workdir, summary)
+  if summary["task"] != task or "finetune" not in summary["stages"]:
+    raise ValueError(f"{workdir!r} is no {task} fine-tune (task {summary['task']}, "
+                     f"stages {list(summary['stages'])}).")
+  if point["selected_on"] != selection.SPLIT:
+    raise ValueError(f"{workdir!r} chose its checkpoint on dev: a baseline holds the "
+                     "selection slice out (data.selection_fraction > 0).")
+  finetune = summary["config"]["stage_settings"]["finetune"]
+  metric = glue.TASKS[task].metric
+  entry = {"run": os.path.basename(os.path.normpath(workdir)), "workdir": workdir,
+           "epochs": epochs if epochs is not None else summary["stages"]["finetune"]["epochs"],
+           "learning_rate": finetune["learning_rate"],
+           "selected_on": selection.SPLIT,
+           "selection": {k: v for k, v in summary["selection"].items() if k != "metrics"},
+           "accuracy": point["accuracy"], "relative_flops": point["relative_flops"],
+           "tokens_kept_per_layer": point["tokens_kept_per_layer"],
+           "wall_time_s": point["wall_time_s"], "command": command,
+           "slice_curve": slice_curve(workdir, metric)}
+  if metric != "accuracy":
+    entry[metric] = point[metric]
+  if load_log:
+    entry["load_average"] = load_average(load_log)
+  return entry
