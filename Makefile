@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= configs/sst2.py
+# pytest-xdist workers for `make test`: most of the suite is single-threaded XLA
+# compilation, so CI's 2 cores run two test files at once.
+TEST_WORKERS ?= 2
 
 .PHONY: install install-test run test
 
@@ -28,4 +31,4 @@ run: install
 	$(PY) -m tpjax.main --config=$(CONFIG)
 
 test: install-test
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
