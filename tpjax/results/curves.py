@@ -10,6 +10,7 @@ per task. Everything in it must
 Anything else is a `ValueError` naming the run. Learned runs are all points of their
 series; with FLOPs levels, each series keeps only its best run per level, judged on
 the slice (`choose_runs`), as the training-free sweeps do.
+`baseline_entry` turns a finished fine-tune into its task's baselines.json entry.
 """
 
 import json
