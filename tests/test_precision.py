@@ -88,6 +88,10 @@ def test_bf16_close_to_f32_and_gradients_match(case):
 def test_training_in_bf16_keeps_float32_parameters(tmp_path):
   config = helpers.tiny_config(helpers.write_sst2(str(tmp_path)), max_steps=6)
   config.model.compute_dtype = "bfloat16"
+  # The dtypes depend on neither the device count nor the buckets: one device and one
+  # bucket, so one train and one eval program to compile, not one per bucket on 8.
+  config.num_devices = 1
+  config.data.buckets = (32,)
   summary = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert summary["compute_dtype"] == "bfloat16"
   ckpts = checkpoints.StageCheckpoints(str(tmp_path / "run" / "finetune"), read_only=True)
