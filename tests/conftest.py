@@ -1,5 +1,6 @@
-"""Test setup, before jax is imported anywhere: 8 simulated CPU devices and a
-persistent compilation cache.
+"""Test setup, before jax is imported anywhere: 8 simulated CPU devices, programs
+compiled without LLVM's expensive passes (tests/xla_env.py) and a persistent
+compilation cache.
 
 The cache lives in `.cache/jax` at the repository root (ignored by git), so a test
 that compiles a program an earlier test, session or CLI subprocess compiled loads it
@@ -14,13 +15,16 @@ Workers share the compilation cache: JAX's reader treats a damaged entry as a mi
 
 import os
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+from tests import xla_env
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " +
+                           xla_env.flags(devices=8)).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "jax"))
-# JAX's default (1 s) skips most of the tiny configs' programs, which still add up.
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+# Every program, however small: with LLVM's passes off, most compile in under JAX's
+# default threshold (1 s), and the same ones recur across tests and subprocesses.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
 # The slowest files (CI durations, 2-core machine), slowest first. Under xdist each

@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from tests import helpers
+from tests import xla_env
 from tpjax.training import checkpoints
 from tpjax import cli
 from tpjax.training import config_checks
@@ -353,7 +354,7 @@ def test_truncated_safetensors_names_the_file(tmp_path):
 
 
 def _main(*args, **popen):
-  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS=xla_env.flags(), JAX_PLATFORMS="cpu")
   env.pop(cli.TRACEBACK_ENV, None)
   return subprocess.Popen([sys.executable, "-m", "tpjax.main", *args], cwd=_ROOT,
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

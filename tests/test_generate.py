@@ -18,6 +18,7 @@ import jax
 import pytest
 
 from tests import helpers
+from tests import xla_env
 from tests import test_decoder
 from tpjax import cli
 from tpjax.inference import generation
@@ -93,7 +94,7 @@ def _generate(*args, in_process=False):
   if in_process:
     code, stdout, stderr = helpers.run_cli("tpjax.generate", *args)
     return subprocess.CompletedProcess(args, code, stdout, stderr)
-  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS=xla_env.flags(), JAX_PLATFORMS="cpu")
   env.pop(cli.TRACEBACK_ENV, None)
   return subprocess.run([sys.executable, "-m", "tpjax.generate", *args], cwd=_ROOT,
                         env=env, capture_output=True, text=True, timeout=300)

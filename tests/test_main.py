@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from tests import helpers
+from tests import xla_env
 from tpjax import cli
 from tpjax.data import glue
 
@@ -19,7 +20,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _main(*args):
   """Runs `python -m tpjax.main` with `args` on one CPU device."""
-  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS=xla_env.flags(), JAX_PLATFORMS="cpu")
   env.pop(cli.TRACEBACK_ENV, None)
   return subprocess.run([sys.executable, "-m", "tpjax.main", *args], cwd=_ROOT,
                         env=env, capture_output=True, text=True, timeout=300)

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 from tests import helpers
+from tests import xla_env
 from tpjax.training import checkpoints
 from tpjax.training import train
 
@@ -86,7 +87,7 @@ def _launch(glue_dir, workdir, record):
   port = _free_port()
   # Every program kept in the session's cache: the resumed job compiles nothing.
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+         "XLA_FLAGS": xla_env.flags(devices=4),
          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
   flags = [f"--config.{k}={v}" for k, v in _overrides(glue_dir).items()]

@@ -12,6 +12,7 @@ import os
 import pytest
 
 from tests import helpers
+from tests import xla_env
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -52,7 +53,7 @@ def _images(nb) -> list:
 def kernel_env(tmp_path_factory):
   # One CPU device in the kernels (the suite's 8 simulated devices would slow them),
   # and one compilation cache, so that later notebooks reuse earlier compilations.
-  env = {"XLA_FLAGS": "", "JAX_PLATFORMS": "cpu",
+  env = {"XLA_FLAGS": xla_env.flags(), "JAX_PLATFORMS": "cpu",
          "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}

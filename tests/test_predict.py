@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from tests import helpers
+from tests import xla_env
 from tpjax.data import glue
 from tpjax.training import train
 from tpjax.inference import loading
@@ -69,7 +70,7 @@ def test_pair_lines_need_two_fields():
 
 
 def test_command_line_reads_stdin(workdir, tmp_path):
-  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS=xla_env.flags(), JAX_PLATFORMS="cpu")
   page = tmp_path / "kept.html"
   result = subprocess.run(
       [sys.executable, "-m", "tpjax.predict", f"--workdir={workdir}", "--input=-",

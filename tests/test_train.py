@@ -14,6 +14,7 @@ from tpjax.data import batching
 from tpjax.inference import loading
 from tpjax.inference import predict
 from tpjax.models import classifier
+from tpjax.pruning import ltp
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,8 @@ def ltp_runs(ltp_glue_dir, tmp_path_factory):
   base = tmp_path_factory.mktemp("ltp_runs")
   runs = {}
   for devices, per_device in ((1, 8), (8, 1)):
-    config = helpers.tiny_config(ltp_glue_dir, log_every_steps=1)
+    # Judged every 4 of an epoch's 8 steps: the hard stage chooses among candidates.
+    config = helpers.tiny_config(ltp_glue_dir, log_every_steps=1, eval_every_steps=4)
     config.data.buckets = (32,)
     config.stages = _STAGES
     config.pruning.method = "ltp"
@@ -103,6 +105,51 @@ def test_tiny_end_to_end_on_8_devices(ltp_glue_dir, ltp_runs):
   assert on_disk["task"] == "sst2" and on_disk["method"] == "ltp"
   assert os.listdir(os.path.join(workdir, "finetune", "tensorboard"))
   assert os.listdir(os.path.join(workdir, "finetune", "best"))
+
+
+def test_ltp_stages_hand_over_and_flops_are_recounted(ltp_glue_dir, ltp_runs):
+  """LTP's three stages on one device: what each stage learns, freezes and hands over,
+  and the dev FLOPs recounted by hand from the tokens the compaction engine keeps."""
+  workdir, summary, _ = ltp_runs[1]
+  stages = summary["stages"]
+  assert list(stages) == list(_STAGES) and summary["method"] == "ltp"
+  initial = np.asarray(ltp.threshold_schedule(0.02, 4))
+  soft = np.array(stages["soft"]["pruning"]["thresholds"])
+  hard = np.array(stages["hard"]["pruning"]["thresholds"])
+  assert soft[0] == 0.0, "layer 0 must never prune"
+  assert np.abs(soft - initial)[1:].min() > 1e-4, "thresholds should learn in the soft stage"
+  np.testing.assert_array_equal(hard, soft)  # frozen in the hard stage
+  dev = summary["dev"]["validation"]
+  kept = np.array(dev["tokens_kept_per_layer"])
+  assert len(kept) == 4 and kept[0] == 1.0
+  # Really pruned: tokens go after layer 0 and FLOPs fall by more than rounding.
+  print(f"kept per layer {kept}, relative FLOPs {dev['relative_flops']:.3f}, soft "
+        f"thresholds moved by at least {np.abs(soft - initial)[1:].min():.2e}")
+  assert kept[-1] < 0.9 and dev["relative_flops"] < 0.95, dev
+  with open(os.path.join(ltp_glue_dir, "SST-2", "dev.tsv"), "rb") as f:
+    texts = [line.rsplit(b"\t", 1)[0] for line in f.read().splitlines()[1:]]
+  records = predict.Predictor(loading.load_run(workdir), 8).predict_lines(texts, 1)
+  n = np.array([r["tokens"] for r in records], np.float64)
+  after = np.array([r["kept_per_layer"] for r in records], np.float64)
+  d, d_ff = 32, 64  # configs/tiny.py
+
+  def macs(attn, ffn):  # per layer: attention and QKV/output on the tokens entering
+    return (2 * d * attn**2 + 4 * d**2 * attn + 2 * d * d_ff * ffn).sum()
+
+  entering = np.concatenate([n[:, None], after[:, :-1]], 1)
+  full = np.repeat(n[:, None], 4, axis=1)
+  assert dev["relative_flops"] == pytest.approx(macs(entering, after) / macs(full, full),
+                                                rel=1e-9)
+  np.testing.assert_array_equal(kept, (after.mean(0) / n.mean()).round(4))
+  # The hard stage hands over a checkpoint within the FLOPs the soft stage reached.
+  soft_flops = stages["soft"]["dev"]["validation"]["relative_flops"]
+  assert stages["hard"]["start_relative_flops"] == soft_flops
+  assert stages["hard"]["flops_budget"] == pytest.approx(soft_flops + 0.005)
+  assert dev["relative_flops"] <= soft_flops + 0.005
+  assert stages["hard"]["flops_drift"] == pytest.approx(dev["relative_flops"] - soft_flops)
+  # config.json records the variant's resolved choices, not None.
+  assert summary["config"]["pruning"]["reg_norm"] == "live"
+  assert summary["config"]["stage_settings"]["soft"]["clip_mode"] == "per_group"
 
 
 def test_8_devices_equal_1_device(ltp_runs):
