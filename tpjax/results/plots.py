@@ -209,7 +209,11 @@ def pareto_plot(points: Sequence[result_files.Point], title: str = "",
   ax.set_ylabel("dev accuracy (%)")
   ax.set_title(title or "accuracy versus FLOPs", fontsize=10)
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=7, loc="lower right")
+  if points:
+    ax.legend(fontsize=7, loc="lower right")
+  else:  # a baseline nothing has been measured against yet
+    ax.text(0.5, 0.5, "no point measured against this baseline yet",
+            transform=ax.transAxes, ha="center", fontsize=9)
   fig.tight_layout()
   return _save(fig, path)
 
