@@ -72,8 +72,11 @@ def ltp_runs(ltp_glue_dir, tmp_path_factory):
     config.data.buckets = (32,)
     config.stages = _STAGES
     config.pruning.method = "ltp"
+    # Scores over the live tokens (about 1/12 each here), not over 128 positions: a
+    # threshold tuned for 128 tokens would prune every short sentence to [CLS].
+    config.pruning.score_norm = "live"
     config.pruning.temperature = 0.01
-    config.pruning.final_threshold = 0.02
+    config.pruning.final_threshold = 0.06
     config.stage_settings.soft.pruning_learning_rate = 1e-2
     config.num_devices = devices
     config.data.per_device_batch_size = per_device
@@ -113,7 +116,7 @@ def test_ltp_stages_hand_over_and_flops_are_recounted(ltp_glue_dir, ltp_runs):
   workdir, summary, _ = ltp_runs[1]
   stages = summary["stages"]
   assert list(stages) == list(_STAGES) and summary["method"] == "ltp"
-  initial = np.asarray(ltp.threshold_schedule(0.02, 4))
+  initial = np.asarray(ltp.threshold_schedule(0.06, 4))
   soft = np.array(stages["soft"]["pruning"]["thresholds"])
   hard = np.array(stages["hard"]["pruning"]["thresholds"])
   assert soft[0] == 0.0, "layer 0 must never prune"
@@ -122,15 +125,16 @@ def test_ltp_stages_hand_over_and_flops_are_recounted(ltp_glue_dir, ltp_runs):
   dev = summary["dev"]["validation"]
   kept = np.array(dev["tokens_kept_per_layer"])
   assert len(kept) == 4 and kept[0] == 1.0
-  # Really pruned: tokens go after layer 0 and FLOPs fall by more than rounding.
+  # Really pruned: 30-70% kept mid-model, a fraction that differs per example.
   print(f"kept per layer {kept}, relative FLOPs {dev['relative_flops']:.3f}, soft "
         f"thresholds moved by at least {np.abs(soft - initial)[1:].min():.2e}")
-  assert kept[-1] < 0.9 and dev["relative_flops"] < 0.95, dev
+  assert 0.3 <= kept[2] <= 0.7 and dev["relative_flops"] < 0.95, dev
   with open(os.path.join(ltp_glue_dir, "SST-2", "dev.tsv"), "rb") as f:
     texts = [line.rsplit(b"\t", 1)[0] for line in f.read().splitlines()[1:]]
   records = predict.Predictor(loading.load_run(workdir), 8).predict_lines(texts, 1)
   n = np.array([r["tokens"] for r in records], np.float64)
   after = np.array([r["kept_per_layer"] for r in records], np.float64)
+  assert len(set(after[:, 2] / n)) > 1, "examples should keep different fractions"
   d, d_ff = 32, 64  # configs/tiny.py
 
   def macs(attn, ffn):  # per layer: attention and QKV/output on the tokens entering
