@@ -26,13 +26,16 @@ predictors trained on the even half (`train_articles` in the workdir's sdtp.json
 shared title is an error. The split is recorded in the output. Items run round-robin
 (item i of every task and length before item i + 1), and the JSON is rewritten after
 each, so `--deadline` stops a run with every task covered about equally;
-`--summarize_only` recomputes intervals and the table from such a file.
+`--summarize_only` recomputes intervals and the table from such a file, and `--resume`
+continues it where it stopped: only with the same settings, schedule and predictors
+(their SHA-256 is recorded) and the same prompts (each row records its prompt's hash).
 
 `--smoke`: a tiny random decoder with a byte tokenizer, random predictors and small
 counts, so the whole path runs in seconds (tests/test_sdtp_decoder_eval.py).
 """
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -43,6 +46,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+import flax.serialization  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
 
 from tpjax.data import squad_docs  # pylint: disable=g-import-not-at-top
 from tpjax.inference import sdtp_eval  # pylint: disable=g-import-not-at-top
@@ -98,6 +103,8 @@ def parse(argv=None) -> argparse.Namespace:
                       help="unix time after which no new item starts (0: none)")
   parser.add_argument("--summarize_only", action="store_true",
                       help="recompute the summary of an existing (partial) --out file")
+  parser.add_argument("--resume", action="store_true",
+                      help="continue an existing (partial) --out file of the same run")
   parser.add_argument("--smoke", action="store_true",
                       help="tiny random decoder, byte tokenizer, small counts")
   argv = sys.argv[1:] if argv is None else list(argv)
@@ -214,7 +221,7 @@ def main(argv=None) -> dict:
 
   lengths = sorted({item.length for item in items})
   results = {
-      "command": " ".join(sys.argv if argv is None else ["sdtp_decoder_quality.py", *argv]),
+      "command": _command(argv),
       "model": "tiny random decoder (--smoke)" if args.smoke else args.model,
       "workdir": None if args.smoke else args.workdir,
       "schedule": {"layers": list(schedule.layers), "keep": list(schedule.keep),
@@ -234,8 +241,20 @@ def main(argv=None) -> dict:
       "keep": {str(n): sdtp_decoder.keep_fraction(model.config, schedule, n)
                for n in lengths},
       "items": []}
-  start = time.time()
-  for item in items:
+  results["predictors_sha256"] = hashlib.sha256(
+      flax.serialization.to_bytes(predictors)).hexdigest()
+  previous = _resumable(results, items, args.out) if args.resume else None
+  done = len(previous["items"]) if previous else 0
+  if previous:
+    results["items"] = previous["items"]
+    results["command"] = previous["command"]
+    results["resumed"] = previous.get("resumed", []) + [
+        {"at_item": done, "command": _command(argv)}]
+    print(f"resuming {args.out} after {done} of {len(items)} items", flush=True)
+  # seconds: evaluation time over every session of the run
+  start = time.time() - (previous.get("seconds", sum(r["seconds"] for r in previous["items"]))
+                         if previous else 0)
+  for item in items[done:]:
     if args.deadline and time.time() > args.deadline:
       print("deadline reached: stopping; the summary covers the items done", flush=True)
       results["stopped_at_deadline"] = True
@@ -245,6 +264,7 @@ def main(argv=None) -> dict:
                                   eos=model.config.eos_token_id, decode=tokenizer.decode,
                                   qa_steps=args.qa_steps, prepare=prepare)
     row["seconds"] = time.time() - t0
+    row["prompt_sha1"] = _prompt_hash(item)
     results["items"].append(row)
     _save(results, args.out)
     metric = {"documents": "kl", "qa": "nll", "passkey": "retrieved"}[item.task]
@@ -256,6 +276,39 @@ def main(argv=None) -> dict:
   _save(results, args.out)
   print(tables.sdtp_decoder_eval_table(results))
   return results
+
+
+def _command(argv) -> str:
+  return " ".join(sys.argv if argv is None else ["sdtp_decoder_quality.py", *argv])
+
+
+def _prompt_hash(item) -> str:
+  return hashlib.sha1(np.asarray(item.prompt, np.int32).tobytes()).hexdigest()
+
+
+def _resumable(results: dict, items: list, path: str):
+  """The partial results in `path` this run continues (None if there is no file).
+
+  Exits if the file belongs to another run: other settings, schedule, systems or
+  predictors, or a row whose prompt is not this run's item at that position.
+  """
+  if not os.path.isfile(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    previous = json.load(f)
+  for key in ("model", "schedule", "systems", "settings", "predictors_sha256"):
+    if previous.get(key) != results[key]:
+      raise SystemExit(f"--resume: {path} has another {key} ({previous.get(key)!r}, this "
+                       f"run {results[key]!r}); evaluate into a new --out instead.")
+  rows = previous["items"]
+  for i, (row, item) in enumerate(zip(rows, items)):
+    if row.get("prompt_sha1") != _prompt_hash(item):
+      raise SystemExit(f"--resume: item {i} of {path} has another prompt than this run's; "
+                       "evaluate into a new --out instead.")
+  if len(rows) > len(items):
+    raise SystemExit(f"--resume: {path} holds {len(rows)} items, this run has "
+                     f"{len(items)}.")
+  return previous
 
 
 def _save(results: dict, path: str):

@@ -231,3 +231,29 @@ def test_smoke_runs_the_whole_evaluation(tmp_path):
   # --summarize_only rebuilds the same summary from the items.
   again = _benchmark().main(["--smoke", f"--out={out}", "--summarize_only"])
   assert again["summary"] == summary
+
+
+def test_resume_continues_the_same_run_only(tmp_path):
+  out = tmp_path / "eval.json"
+  bench = _benchmark()
+  whole = bench.main(["--smoke", f"--out={out}", "--tasks=documents"])
+  partial = dict(whole, items=whole["items"][:1])
+  del partial["summary"], partial["seconds"]
+  out.write_text(json.dumps(partial))
+  resumed = bench.main(["--smoke", f"--out={out}", "--tasks=documents", "--resume"])
+  assert resumed["resumed"][0]["at_item"] == 1
+  strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+  assert strip(resumed["items"]) == strip(whole["items"])
+  assert resumed["summary"] == whole["summary"]
+  # Another run's file is refused with nothing overwritten: other settings, or a row
+  # whose prompt is not this run's item.
+  before = out.read_text()
+  with pytest.raises(SystemExit, match="another settings"):
+    bench.main(["--smoke", f"--out={out}", "--tasks=documents", "--continuation=4",
+                "--resume"])
+  assert out.read_text() == before
+  partial["items"][0]["prompt_sha1"] = "0" * 40
+  out.write_text(json.dumps(partial))
+  with pytest.raises(SystemExit, match="another prompt"):
+    bench.main(["--smoke", f"--out={out}", "--tasks=documents", "--resume"])
+  assert json.loads(out.read_text()) == partial
