@@ -77,6 +77,9 @@ def get_config():
   config.train.rank_weight = 1.0         # saliency ranking, per stage (both recipes)
   config.train.holdout_windows = 8       # training-article windows kept out, for curves
   config.train.progress_bar = True
+  # A workdir of trained predictors (same stage layers) to start from, e.g. the
+  # teacher-forcing modules as the pruned recipe's warm start; "" starts from a seeded init.
+  config.train.init_from = ""
   # The 'pruned' recipe only:
   config.train.lm_weight = 1.0           # next-token loss of the pruned model (tail)
   config.train.kd_weight = 1.0           # KL(unpruned || pruned) on the same predictions

@@ -147,11 +147,28 @@ def test_training_learns_the_targets_ranking():
   config.train = ml_collections.ConfigDict({
       "steps": 150, "batch_size": 8, "learning_rate": 3e-3, "mse_weight": 1.0,
       "rank_weight": 1.0, "holdout_windows": 8})
-  _, log = train_lib.train_predictors(hiddens, targets, prunable, schedule, config,
-                                      types.SimpleNamespace(hidden_size=d))
+  cfg = types.SimpleNamespace(hidden_size=d)
+  trained, log = train_lib.train_predictors(hiddens, targets, prunable, schedule, config,
+                                            cfg)
   before, after = log["before"], log["after"]
   assert min(after["topk_agreement"]) > 0.7, after["topk_agreement"]
   assert all(a > b + 0.2 for a, b in zip(after["topk_agreement"], before["topk_agreement"],
                                           strict=True))
   assert all(a < b for a, b in zip(after["mse"], before["mse"], strict=True))
   assert all(a < b for a, b in zip(after["rank"], before["rank"], strict=True))
+  # A warm start (config.train.init_from) starts where these modules ended.
+  config.train.steps = 1
+  _, warm = train_lib.train_predictors(hiddens, targets, prunable, schedule, config, cfg,
+                                       init=trained)
+  assert warm["before"]["topk_agreement"] == after["topk_agreement"]
+
+
+def test_a_warm_start_from_other_layers_is_refused(tmp_path):
+  trained = sdtp_decoder.init_predictors(TINY, SCHEDULE, jax.random.PRNGKey(0))
+  sdtp_decoder.save_predictors(str(tmp_path), trained, SCHEDULE)
+  same = train_lib.initial_predictors(str(tmp_path), TINY, SCHEDULE)
+  assert jax.tree.all(jax.tree.map(np.array_equal, same, trained))
+  other = sdtp_decoder.Schedule(layers=(1, 3), keep=(0.7, 0.45), keep_first=2,
+                                keep_last=0.2, step=4)
+  with pytest.raises(train_lib.config_checks.ConfigError, match="layers"):
+    train_lib.initial_predictors(str(tmp_path), TINY, other)

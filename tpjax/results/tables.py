@@ -475,6 +475,24 @@ def sdtp_decoder_eval_table(data: dict) -> str:
   return "\n".join(out)
 
 
+def sdtp_decoder_training_table(data: dict) -> str:
+  """Per stage: the modules' top-k agreement with the true saliency, against chance."""
+  agree = data["topk_agreement"]
+  hold = agree["training_holdout"]
+  ratios = agree["evaluation_articles"]["ratios"]
+  header = ["stage layer",
+            f"training hold-out (r={hold['ratio']}): kept / chance / before / after"]
+  header += [f"evaluation articles (r={r}): kept / chance / agreement" for r in ratios]
+  rows = []
+  for s, layer in enumerate(data["schedule"]["layers"]):
+    row = [str(layer), f"{hold['keep'][s]:.3f} / {hold['chance'][s]:.3f} / "
+                       f"{hold['before'][s]:.3f} / {hold['after'][s]:.3f}"]
+    row += [f"{v['keep'][s]:.3f} / {v['chance'][s]:.3f} / {v['agreement'][s]:.3f}"
+            for v in ratios.values()]
+    rows.append(row)
+  return _table(header, rows)
+
+
 def sdtp_decoder_speed_table(data: dict) -> str:
   """Time to first token of the full and the SDTP-pruned prefill, per length."""
   rows = []
@@ -710,6 +728,7 @@ _TABLES = {"precision_dots": precision_dots_table, "fresh_clone": fresh_clone_ta
            "decoder_speed": decoder_speed_table,
            "sdtp_decoder_quality": sdtp_decoder_quality_table,
            "sdtp_decoder_eval": sdtp_decoder_eval_table,
+           "sdtp_decoder_training": sdtp_decoder_training_table,
            "sdtp_decoder_speed": sdtp_decoder_speed_table,
            "engine_designs": engine_designs_table, "train_speed": train_speed_table}
 

@@ -115,6 +115,22 @@ def check_config(config) -> None:
     raise config_checks.ConfigError("; ".join(found) + ".")
 
 
+def initial_predictors(workdir, cfg, schedule):
+  """The trained predictors in `workdir` to start from (None without a workdir).
+
+  Raises:
+    config_checks.ConfigError: if they sit at other layers than `schedule`'s.
+  """
+  if not workdir:
+    return None
+  params, theirs, _ = sdtp_decoder.load_predictors(workdir, cfg)
+  if tuple(theirs.layers) != tuple(schedule.layers):
+    raise config_checks.ConfigError(
+        f"config.train.init_from={workdir!r} holds predictors at layers "
+        f"{list(theirs.layers)}, this run's stages are at {list(schedule.layers)}.")
+  return params
+
+
 def schedule_from(config) -> sdtp_decoder.Schedule:
   s = config.schedule
   return sdtp_decoder.default_schedule(30 if s.get("num_layers") is None else s.num_layers,
@@ -219,6 +235,12 @@ def topk_agreement(score_params, hiddens, targets, prunable, schedule) -> list[f
   return out
 
 
+def _initial(init, cfg, schedule, config) -> list:
+  if init is not None:
+    return init
+  return sdtp_decoder.init_predictors(cfg, schedule, jax.random.PRNGKey(config.seed))
+
+
 def fit(params, tx, step, n_train: int, config, evaluate, recipe: str):
   """The Adam loop both recipes share: random batches of training windows, a curve
   every 25 steps, held-out evaluation before and after.
@@ -269,13 +291,14 @@ def fit(params, tx, step, n_train: int, config, evaluate, recipe: str):
   return params, log
 
 
-def train_predictors(hiddens, targets, prunable, schedule, config, cfg):
+def train_predictors(hiddens, targets, prunable, schedule, config, cfg, init=None):
   """The 'teacher_forcing' recipe: Adam on the cached unpruned hidden states.
 
   Args:
     hiddens: <float16 or float32>[S, N, L, d] hidden states entering the stages.
     targets: <float32>[S, N, L] saliency targets; the last holdout_windows held out.
     prunable: <bool>[L] the tokens the losses count.
+    init: per-stage Predictor parameters to start from (default: a seeded init).
   Returns:
     (per-stage Predictor parameters, log dict).
   """
@@ -283,7 +306,7 @@ def train_predictors(hiddens, targets, prunable, schedule, config, cfg):
   held = tc.holdout_windows
   train_h, train_t = hiddens[:, :-held], targets[:, :-held]
   val_h, val_t = hiddens[:, -held:], targets[:, -held:]
-  params = sdtp_decoder.init_predictors(cfg, schedule, jax.random.PRNGKey(config.seed))
+  params = _initial(init, cfg, schedule, config)
   tx = optax.adam(tc.learning_rate)
   mask = jnp.broadcast_to(jnp.asarray(prunable), (tc.batch_size, prunable.shape[0]))
 
@@ -442,7 +465,8 @@ def pruned_step(tx, schedule, span, config, cfg):
   return jax.jit(step)
 
 
-def train_pruned(model_params, windows, targets, hiddens, schedule, config, cfg):
+def train_pruned(model_params, windows, targets, hiddens, schedule, config, cfg,
+                 init=None):
   """The 'pruned' recipe: Adam on the modules through the pruned model (`pruned_loss`).
 
   Args:
@@ -452,6 +476,7 @@ def train_pruned(model_params, windows, targets, hiddens, schedule, config, cfg)
     hiddens: <float16>[S, N, L, d] their unpruned hidden states, or None; with them the
       held-out top-k agreement is reported as for teacher forcing.
     schedule: the Schedule (its kept counts are those trained with).
+    init: per-stage Predictor parameters to start from (default: a seeded init).
   Returns:
     (per-stage Predictor parameters, log dict; held-out metrics are `pruned_loss`'s
     parts under the inference decision).
@@ -459,7 +484,7 @@ def train_pruned(model_params, windows, targets, hiddens, schedule, config, cfg)
   tc = config.train
   held = tc.holdout_windows
   span = tail_span(windows.shape[1], schedule, config.saliency.target_last)
-  params = sdtp_decoder.init_predictors(cfg, schedule, jax.random.PRNGKey(config.seed))
+  params = _initial(init, cfg, schedule, config)
   tx = optax.adam(tc.learning_rate)
   update = pruned_step(tx, schedule, span, config, cfg)
   key = jax.random.PRNGKey(config.seed)
@@ -492,6 +517,7 @@ def train_pruned(model_params, windows, targets, hiddens, schedule, config, cfg)
 
 def main(argv):
   del argv
+  start = time.time()
   config = _CONFIG.value
   workdir = _WORKDIR.value
   check_config(config)
@@ -503,6 +529,7 @@ def main(argv):
   schedule = schedule_from(config)
   logging.info("schedule: layers %s, keep %s", schedule.layers,
                np.round(schedule.keep, 3).tolist())
+  init = initial_predictors(config.train.get("init_from"), cfg, schedule)  # fail early
   train_articles, _ = squad_docs.split(squad_docs.load_articles(config.squad_path))
   cache = os.path.join(workdir, "targets.npz")
   sal = config.saliency
@@ -531,14 +558,16 @@ def main(argv):
   logging.info("training recipe: %s", training)
   if training == "pruned":
     score_params, log = train_pruned(params, windows, targets, hiddens, schedule, config,
-                                     cfg)
+                                     cfg, init)
   else:
     prunable = ~always_mask(hiddens.shape[2], schedule)
-    score_params, log = train_predictors(hiddens, targets, prunable, schedule, config, cfg)
+    score_params, log = train_predictors(hiddens, targets, prunable, schedule, config, cfg,
+                                         init)
   sdtp_decoder.save_predictors(workdir, score_params, schedule, {
       "model": config.model, "recipe": training,
       "train_articles": [a.title for a in train_articles],
-      "windows": int(hiddens.shape[1]), "config": config.to_dict(), "log": log})
+      "windows": int(hiddens.shape[1]), "config": config.to_dict(), "log": log,
+      "wall_time_s": round(time.time() - start)})
   logging.info("wrote %s", workdir)
 
 
