@@ -143,7 +143,7 @@ def test_pruning_gives_kl_above_zero_and_same_kept_counts(tiny):
       float(np.mean(sdtp_eval.token_kl(*logits))), rel=1e-5)
 
 
-def test_oracle_saliency_recomputing_layers_equals_the_training_target(tiny):
+def test_oracle_saliency_layer_by_layer_equals_the_training_target(tiny):
   # Unscaled weights: the x8 model is too ill-conditioned for two float32 gradient
   # computations to agree (jit against eager alone differs by 0.2 there).
   params = decoder.init_params(tiny[0], jax.random.PRNGKey(0))

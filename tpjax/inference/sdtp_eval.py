@@ -322,10 +322,9 @@ def bootstrap_interval(values, groups=None, confidence: float = 0.95,
 def oracle_saliency(config: decoder_lib.DecoderConfig, schedule: sdtp_decoder.Schedule,
                     target_last: float) -> Callable:
   """`fn(params, ids <int32>[1, n]) -> <float32>[stages, 1, n]`: the prompt's true
-  saliency (`sdtp_decoder.prompt_saliency`, the training target) for `oracle_scorer`;
-  each layer recomputed in the backward pass, so a 4096-token prompt fits in memory."""
-  return jax.jit(lambda params, ids: sdtp_decoder.prompt_saliency(
-      config, params, ids, schedule, target_last, remat=True)[0])
+  saliency (`sdtp_decoder.prompt_saliency`, the training target) for `oracle_scorer`,
+  computed layer by layer so a 4096-token prompt fits in memory."""
+  return sdtp_decoder.layerwise_saliency_fn(config, schedule, target_last)
 
 
 def evaluate_item(engines: dict, item: Item, *, pad_id: int = 0,

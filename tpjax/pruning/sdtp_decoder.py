@@ -473,8 +473,6 @@ def masked_prefill(config: decoder_lib.DecoderConfig, params, input_ids: jax.Arr
   prev = x
   stages = {l: s for s, l in enumerate(schedule.layers)}
   layer_forward = functools.partial(decoder_lib.layer_forward, config)
-  if remat:
-    layer_forward = jax.checkpoint(layer_forward)
   for l in range(config.num_hidden_layers):
     if l in stages:
       live = valid if running is None else valid & (running > 0.5)
@@ -536,7 +534,7 @@ def predictor_mask_fn(schedule: Schedule, score_params, n: jax.Array,
 
 
 def probe_target_fn(config: decoder_lib.DecoderConfig, params, input_ids: jax.Array,
-                    layers: Sequence[int], loss_weights: jax.Array, remat: bool = False):
+                    layers: Sequence[int], loss_weights: jax.Array):
   """`target_fn(probes) -> (T, hiddens)` of the frozen, unpruned decoder, for
   sdtp.saliency_targets.
 
@@ -550,13 +548,9 @@ def probe_target_fn(config: decoder_lib.DecoderConfig, params, input_ids: jax.Ar
     input_ids: <int32>[batch, seq], unpadded windows.
     layers: pruning layers.
     loss_weights: <float32>[batch, seq - 1] which predictions T counts.
-    remat: recompute each layer in the backward pass instead of storing its
-      attention weights (a 4096-token prompt would hold several GB of them).
   """
   model = decoder_lib.DecoderModel(config)
   layer_forward = functools.partial(decoder_lib.layer_forward, config)
-  if remat:
-    layer_forward = jax.checkpoint(layer_forward)
   positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
   valid = jnp.ones(input_ids.shape, bool)
   where = {l: i for i, l in enumerate(layers)}
@@ -575,6 +569,59 @@ def probe_target_fn(config: decoder_lib.DecoderConfig, params, input_ids: jax.Ar
     per_row = jnp.sum(nll * loss_weights, axis=1) / jnp.sum(loss_weights, axis=1)
     return jnp.sum(per_row), tuple(hiddens)
   return target_fn
+
+
+def layerwise_saliency_fn(config: decoder_lib.DecoderConfig, schedule: Schedule,
+                          target_last: float, norm: str = "seq_max") -> Callable:
+  """`fn(params, input_ids) -> <float32>[stages, batch, n]`: `prompt_saliency`'s targets
+  with one layer's activations in memory at a time.
+
+  The backward pass runs layer by layer from each layer's stored input, every layer's
+  vector-Jacobian product its own compiled call. One compiled forward and backward of
+  all 30 layers asks XLA for about 26 GB at 4096 tokens, with or without
+  `jax.checkpoint` (every layer's attention weights live at once); here the peak is one
+  layer's. The gradient at a layer's input is the gradient at the probe added there.
+  """
+  model = decoder_lib.DecoderModel(config)
+  where = {l: i for i, l in enumerate(schedule.layers)}
+
+  def layer(lp, x, positions, valid):
+    return decoder_lib.layer_forward(config, lp, x, positions, valid)[0]
+
+  def tail_loss(params, x, input_ids, weights):  # probe_target_fn's T from the last x
+    logits = model.apply({"params": params}, x[:, :-1], method=model.head)
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1),
+                               input_ids[:, 1:, None], axis=-1)[..., 0]
+    return jnp.sum(jnp.sum(nll * weights, axis=1) / jnp.sum(weights, axis=1))
+
+  embed = jax.jit(lambda params, ids: model.apply({"params": params}, ids,
+                                                   method=model.embed))
+  forward = jax.jit(layer)
+  backward = jax.jit(lambda lp, x, positions, valid, g: jax.vjp(
+      lambda x: layer(lp, x, positions, valid), x)[1](g)[0])
+  head_grad = jax.jit(jax.grad(tail_loss, argnums=1))
+
+  def fn(params, input_ids: jax.Array) -> jax.Array:
+    batch, n = input_ids.shape
+    weights = jnp.broadcast_to(jnp.asarray(target_weights(n, schedule, target_last)),
+                               (batch, n - 1))
+    positions = jnp.broadcast_to(jnp.arange(n), (batch, n))
+    valid = jnp.ones((batch, n), bool)
+    prunable = ~always_kept(positions, jnp.full((batch,), n), schedule.keep_first,
+                            schedule.keep_last)
+    inputs, x = [], embed(params, input_ids)
+    for l in range(config.num_hidden_layers):
+      inputs.append(x)
+      x = forward(decoder_lib.layer_params(params, l), x, positions, valid)
+    g = head_grad(params, x, input_ids, weights)
+    targets = [None] * len(where)
+    for l in reversed(range(config.num_hidden_layers)):
+      g = backward(decoder_lib.layer_params(params, l), inputs[l], positions, valid, g)
+      if l in where:
+        raw = jnp.sum(g * inputs[l], axis=-1)
+        targets[where[l]] = sdtp.normalize_saliency(raw, prunable, norm)
+    return jnp.stack(targets)
+  return fn
 
 
 def target_weights(n: int, schedule: Schedule, target_last: float) -> np.ndarray:
@@ -607,8 +654,7 @@ def target_weights(n: int, schedule: Schedule, target_last: float) -> np.ndarray
 
 
 def prompt_saliency(config: decoder_lib.DecoderConfig, params, input_ids: jax.Array,
-                    schedule: Schedule, target_last: float, norm: str = "seq_max",
-                    remat: bool = False):
+                    schedule: Schedule, target_last: float, norm: str = "seq_max"):
   """True saliency of prompts at every stage, the training target (`oracle_scorer`).
 
   Gradient times input of the frozen, unpruned decoder (sdtp.saliency_targets) for
@@ -619,7 +665,6 @@ def prompt_saliency(config: decoder_lib.DecoderConfig, params, input_ids: jax.Ar
     input_ids: <int32>[batch, n], unpadded prompts of one length n.
     target_last: the tail fraction T counts (inside schedule.keep_last).
     norm: one of sdtp.SALIENCY_NORMS.
-    remat: see `probe_target_fn` (same values, less memory, one more forward).
   Returns:
     (<float32>[stages, batch, n] targets (0 at always-kept tokens), hidden states
     entering the pruning layers <float32>[stages, batch, n, hidden], T <float32>[]).
@@ -631,7 +676,7 @@ def prompt_saliency(config: decoder_lib.DecoderConfig, params, input_ids: jax.Ar
   prunable = ~always_kept(positions, jnp.full((batch,), n), schedule.keep_first,
                           schedule.keep_last)
   stages = len(schedule.layers)
-  target_fn = probe_target_fn(config, params, input_ids, schedule.layers, weights, remat)
+  target_fn = probe_target_fn(config, params, input_ids, schedule.layers, weights)
   shapes = [(batch, n, config.hidden_size)] * stages
   targets, value = sdtp.saliency_targets(target_fn, shapes, norm, [prunable] * stages)
   _, hiddens = target_fn(tuple(jnp.zeros(sh) for sh in shapes))
