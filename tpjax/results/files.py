@@ -11,8 +11,6 @@ Each file's kind is told by a key only that kind has (`kind_of`):
   rules      `benchmarks/top_rules.py`: one ToP run under both inference rules ("rows"
              whose entries have "rule");
   decoder_speed          `benchmarks/decoder_speed.py` ("decode_prompt_tokens");
-  sdtp_decoder_quality   `benchmarks/sdtp_decoder_quality.py` before the bootstrap
-                         evaluation ("continuation");
   sdtp_decoder_eval      `benchmarks/sdtp_decoder_quality.py` ("bootstrap");
   sdtp_decoder_speed     `benchmarks/sdtp_decoder_speed.py` ("schedule" and "summary");
   sdtp_decoder_training  `benchmarks/sdtp_decoder_training.py` ("topk_agreement");
@@ -195,7 +193,6 @@ def kind_of(data) -> str:
   for kind, key in (("headline", "headline"), ("baselines", "baselines"),
                     ("ratios", "points"),
                     ("decoder_speed", "decode_prompt_tokens"),
-                    ("sdtp_decoder_quality", "continuation"),
                     ("sdtp_decoder_eval", "bootstrap"),
                     ("sdtp_decoder_training", "topk_agreement"),
                     ("engine_designs", "best_ms"), ("train_speed", "checkouts"),

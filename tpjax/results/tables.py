@@ -15,10 +15,10 @@ The file's kind (`files.kind_of`, told by a key only that kind has) picks the ta
              speed target of docs/benchmarks.md with its measured median;
   ratios     one trained SDTP run at other keep ratios (accuracy, F1, tokens pruned);
   rules      one ToP run's weights under both inference rules;
-  decoder_speed, sdtp_decoder_quality, sdtp_decoder_speed, engine_designs,
+  decoder_speed, sdtp_decoder_speed, sdtp_decoder_training, engine_designs,
   train_speed  one table each, from the script of the same name;
   fresh_clone  `make run` / `make test` timed on a fresh clone, and make run's stages;
-  sdtp_decoder_eval  `benchmarks/sdtp_decoder_quality.py` today: per task, every
+  sdtp_decoder_eval  `benchmarks/sdtp_decoder_quality.py`: per task, every
              system's metrics with 95% bootstrap intervals;
   headline   method x task: baseline accuracy, drop, relative FLOPs and measured
              speedup, each looked up in the curve and benchmark files;
@@ -393,33 +393,6 @@ def decoder_speed_table(data: dict) -> str:
                  "llama.cpp (GGUF as stored) tok/s"], rows)
 
 
-def sdtp_decoder_quality_table(data: dict) -> str:
-  """Continuation loss and greedy agreement per prompt length, then answer F1."""
-  rows = []
-  for length, v in data["summary"].items():
-    if length == "qa":
-      continue
-    cells = [length, str(v["docs"]),
-             f"{v['final_kept']:.3f} / {v['token_layers_kept']:.3f} / "
-             f"{v['relative_macs']:.3f}", f"{v['full_loss']:.3f}"]
-    for system in ("sdtp", "recency"):
-      cells.append(f"{v[system]['loss']:.3f} ({100 * v[system]['loss_change']:+.1f}%)")
-    cells.append(f"{100 * max(v['sdtp']['loss_change_per_doc']):+.1f}%")
-    cells += [f"{v[s]['agreement']:.3f}" for s in ("sdtp", "recency")]
-    rows.append(cells)
-  out = _table(["prompt tokens", "docs", "kept at last stage / token-layers / MACs",
-                "full loss", "sdtp loss (change)", "recency loss (change)",
-                "sdtp, largest change of one doc", "sdtp greedy agreement",
-                "recency greedy agreement"], rows)
-  qa = data["summary"].get("qa")
-  if qa:
-    out += "\n" + _table(
-        ["QA questions", "mean prompt tokens", "full F1", "sdtp F1", "recency F1"],
-        [[str(qa["questions"]), f"{qa['mean_prompt_tokens']:.0f}",
-          f"{qa['full_f1']:.1f}", f"{qa['sdtp_f1']:.1f}", f"{qa['recency_f1']:.1f}"]])
-  return out
-
-
 def _ci(d: dict, digits: int = 3, scale: float = 1.0) -> str:
   """'0.123 [0.101, 0.150]': a mean and its bootstrap interval; '-' when missing."""
   if not d:
@@ -726,7 +699,6 @@ _TABLES = {"precision_dots": precision_dots_table, "fresh_clone": fresh_clone_ta
            "precision_quality": precision_quality_table, "curve": curve_table, "sweep": sweep_table, "inference": inference_table,
            "ratios": ratios_table, "rules": rules_table,
            "decoder_speed": decoder_speed_table,
-           "sdtp_decoder_quality": sdtp_decoder_quality_table,
            "sdtp_decoder_eval": sdtp_decoder_eval_table,
            "sdtp_decoder_training": sdtp_decoder_training_table,
            "sdtp_decoder_speed": sdtp_decoder_speed_table,
