@@ -359,3 +359,18 @@ def test_oracle_scorer_keeps_the_most_salient():
   mask = sdtp_decoder.select_mask(schedule, sdtp_decoder.oracle_scorer, saliency, 0, inputs)
   # 6 kept: positions 0 and 9 always, then 1, 3, 5, 6 by saliency.
   assert np.flatnonzero(mask[0]).tolist() == [0, 1, 3, 5, 6, 9]
+
+
+def test_masked_prefill_remat_recomputes_each_layer(tiny):
+  """remat=True (the pruned training recipe's memory bound) puts every layer in a
+  checkpoint; the values are the same either way, so only the program can tell."""
+  _, params, _ = tiny
+  seq = jnp.ones((1, 16), jnp.int32)
+  pos, valid = jnp.arange(16)[None], jnp.ones((1, 16), bool)
+  none = sdtp_decoder.Schedule(layers=(), keep=())
+
+  def program(remat):
+    return str(jax.make_jaxpr(lambda p: sdtp_decoder.masked_prefill(
+        TINY, p, seq, pos, valid, none, None, remat=remat)[0])(params))
+  assert program(True).count("prevent_cse") == TINY.num_hidden_layers  # remat params
+  assert "prevent_cse" not in program(False)

@@ -473,6 +473,8 @@ def masked_prefill(config: decoder_lib.DecoderConfig, params, input_ids: jax.Arr
   prev = x
   stages = {l: s for s, l in enumerate(schedule.layers)}
   layer_forward = functools.partial(decoder_lib.layer_forward, config)
+  if remat:
+    layer_forward = jax.checkpoint(layer_forward)
   for l in range(config.num_hidden_layers):
     if l in stages:
       live = valid if running is None else valid & (running > 0.5)
