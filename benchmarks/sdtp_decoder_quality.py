@@ -96,6 +96,10 @@ def parse(argv=None) -> argparse.Namespace:
                       help="attention baseline: last prompt tokens whose attention counts")
   parser.add_argument("--oracle_target_last", type=float, default=None,
                       help="oracle's target region (default: the schedule's keep_last)")
+  parser.add_argument("--oracle_target", default=None,
+                      choices=sdtp_decoder.SALIENCY_TARGETS,
+                      help="what the oracle's saliency measures (default: the "
+                           "predictors' training target)")
   parser.add_argument("--bootstrap_resamples", type=int, default=10000)
   parser.add_argument("--confidence", type=float, default=0.95)
   parser.add_argument("--out", default="benchmarks/results/sdtp_decoder_eval.json")
@@ -121,7 +125,8 @@ def _counts(text: str, lengths: list, flag: str) -> list:
 
 
 def load(args):
-  """(model, params, tokenizer, predictors, schedule, train article titles)."""
+  """(model, params, tokenizer, predictors, schedule, the predictors' extras:
+  sdtp_decoder.load_predictors' "sha256", "train_articles", "config")."""
   if args.smoke:
     model = decoder.DecoderModel(TINY)
     params = decoder.init_params(model, jax.random.PRNGKey(0))
@@ -129,8 +134,9 @@ def load(args):
     params = jax.tree.map(lambda p: p * 8.0 if p.ndim == 2 else p, params)
     predictors = sdtp_decoder.init_predictors(TINY, TINY_SCHEDULE, jax.random.PRNGKey(1))
     train, _ = squad_docs.split(squad_docs.load_articles(args.squad_path))
-    return (model, params, sdtp_eval.ByteTokenizer(), predictors, TINY_SCHEDULE,
-            [a.title for a in train])
+    meta = {"train_articles": [a.title for a in train],
+            "sha256": hashlib.sha256(flax.serialization.to_bytes(predictors)).hexdigest()}
+    return model, params, sdtp_eval.ByteTokenizer(), predictors, TINY_SCHEDULE, meta
   model, params, tokenizer = pretrained.load_pretrained(args.model)
   predictors, schedule, meta = sdtp_decoder.load_predictors(args.workdir, model.config,
                                                               args.ratio)
@@ -138,7 +144,7 @@ def load(args):
   if trained_on and os.path.abspath(trained_on) != os.path.abspath(args.squad_path):
     raise SystemExit(f"the predictors trained on {trained_on}, not {args.squad_path}: "
                      "the article split is defined per file.")
-  return model, params, tokenizer, predictors, schedule, meta.get("train_articles", [])
+  return model, params, tokenizer, predictors, schedule, meta
 
 
 def engines_for(args, model, params, predictors, schedule) -> dict:
@@ -204,16 +210,22 @@ def main(argv=None) -> dict:
     print(tables.sdtp_decoder_eval_table(results))
     return results
 
-  model, params, tokenizer, predictors, schedule, train_titles = load(args)
+  model, params, tokenizer, predictors, schedule, meta = load(args)
+  train_titles = meta.get("train_articles", [])
+  target = meta.get("config", {}).get("saliency", {}).get("target", "hidden")
+  predictors_hash = meta["sha256"]
   train, evaluation = squad_docs.split(squad_docs.load_articles(args.squad_path))
   overlap = sorted(set(train_titles) & {a.title for a in evaluation})
   if overlap:
     raise SystemExit(f"the predictors trained on evaluation articles {overlap}.")
   engines = engines_for(args, model, params, predictors, schedule)
   items = items_for(args, tokenizer, evaluation)
+  if args.oracle_target is None:
+    args.oracle_target = target
   saliency = sdtp_eval.oracle_saliency(
       model.config, schedule,
-      schedule.keep_last if args.oracle_target_last is None else args.oracle_target_last)
+      schedule.keep_last if args.oracle_target_last is None else args.oracle_target_last,
+      args.oracle_target)
 
   def prepare(name, engine, item):
     if name == "oracle":
@@ -235,14 +247,14 @@ def main(argv=None) -> dict:
                 "evaluation_articles": sorted({item.group for item in items})},
       "settings": {k: getattr(args, k) for k in (
           "tasks", "lengths", "docs", "continuation", "qa", "qa_answer_slots", "qa_steps",
-          "passkey", "depths", "seed", "attention_queries", "oracle_target_last")},
+          "passkey", "depths", "seed", "attention_queries", "oracle_target_last",
+          "oracle_target")},
       "bootstrap": {"confidence": args.confidence, "resamples": args.bootstrap_resamples,
                     "seed": args.seed, "unit": "article (all its items together)"},
       "keep": {str(n): sdtp_decoder.keep_fraction(model.config, schedule, n)
                for n in lengths},
       "items": []}
-  results["predictors_sha256"] = hashlib.sha256(
-      flax.serialization.to_bytes(predictors)).hexdigest()
+  results["predictors_sha256"] = predictors_hash
   previous = _resumable(results, items, args.out) if args.resume else None
   done = len(previous["items"]) if previous else 0
   if previous:

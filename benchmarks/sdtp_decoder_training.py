@@ -17,7 +17,6 @@ backward pass per window): the articles the quality benchmark evaluates on.
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import os
 import sys
@@ -77,8 +76,6 @@ def main(argv=None) -> dict:
         "keep": list(at.keep), "chance": chance(prunable, at.keep),
         "agreement": training.topk_agreement(predictors, hiddens, targets, prunable, at)}
   log = meta["log"]
-  with open(os.path.join(args.workdir, "predictors.msgpack"), "rb") as f:
-    digest = hashlib.sha256(f.read()).hexdigest()
   holdout = config.train.holdout_windows
   results = {
       "command": args.command,
@@ -89,7 +86,7 @@ def main(argv=None) -> dict:
       "steps": config.train.steps, "batch_size": config.train.batch_size,
       "wall_time_s": meta.get("wall_time_s", args.wall_time_s),
       "load_average": curves.load_average(args.load_log) if args.load_log else None,
-      "predictors_sha256": digest,
+      "predictors_sha256": meta["sha256"],
       "schedule": {"layers": list(schedule.layers), "keep": list(schedule.keep),
                    "keep_first": schedule.keep_first, "keep_last": schedule.keep_last},
       "topk_agreement": {

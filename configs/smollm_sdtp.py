@@ -63,6 +63,10 @@ def get_config():
   # fraction of positions. Must lie inside schedule.keep_last (always kept), so no
   # prunable token's own prediction is in T (sdtp_decoder.target_weights checks it).
   config.saliency.target_last = 0.1
+  # What a token's saliency measures (sdtp_decoder.SALIENCY_TARGETS): "hidden",
+  # gradient x input of its hidden state (the paper's); "mask", the first-order loss
+  # increase when it is dropped from attention at the stage and every later layer.
+  config.saliency.target = "hidden"
 
   config.train = ml_collections.ConfigDict()
   # "teacher_forcing": the modules learn the saliency targets on the cached hidden

@@ -143,15 +143,54 @@ def test_pruning_gives_kl_above_zero_and_same_kept_counts(tiny):
       float(np.mean(sdtp_eval.token_kl(*logits))), rel=1e-5)
 
 
-def test_oracle_saliency_layer_by_layer_equals_the_training_target(tiny):
+@pytest.mark.parametrize("target", sdtp_decoder.SALIENCY_TARGETS)
+def test_oracle_saliency_layer_by_layer_equals_the_training_target(tiny, target):
   # Unscaled weights: the x8 model is too ill-conditioned for two float32 gradient
   # computations to agree (jit against eager alone differs by 0.2 there).
   params = decoder.init_params(tiny[0], jax.random.PRNGKey(0))
   ids = jax.numpy.asarray([_document().prompt])
-  got = sdtp_eval.oracle_saliency(TINY, PRUNE, 0.1)(params, ids)
-  want = sdtp_decoder.prompt_saliency(TINY, params, ids, PRUNE, 0.1)[0]
+  got = sdtp_eval.oracle_saliency(TINY, PRUNE, 0.1, target)(params, ids)
+  want = sdtp_decoder.prompt_saliency(TINY, params, ids, PRUNE, 0.1, target=target)[0]
   assert got.shape == (2, 1, 48) and float(np.abs(want).max()) > 0
   np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_mask_saliency_is_the_loss_increase_of_dropping_a_token_from_attention(tiny):
+  # Central differences of T as a function of one stage's keep mask (masked_prefill:
+  # the mask multiplies attention from that stage's layer on), against the "mask"
+  # target: minus dT/dM at M = 1, clipped at 0.
+  model, _ = tiny
+  params = decoder.init_params(model, jax.random.PRNGKey(0))
+  ids = jax.numpy.asarray([_document().prompt])
+  n = ids.shape[1]
+  weights = jax.numpy.asarray(sdtp_decoder.target_weights(n, PRUNE, 0.1))[None]
+  positions = jax.numpy.arange(n)[None]
+
+  @jax.jit
+  def loss(masks):
+    x, _, _ = sdtp_decoder.masked_prefill(TINY, params, ids, positions,
+                                          jax.numpy.ones((1, n), bool), PRUNE,
+                                          lambda stage, inputs: masks[stage])
+    logits = model.apply({"params": params}, x[:, :-1], method=model.head)
+    nll = -jax.numpy.take_along_axis(jax.nn.log_softmax(logits, -1),
+                                     ids[:, 1:, None], -1)[..., 0]
+    return jax.numpy.sum(nll * weights) / jax.numpy.sum(weights)
+
+  got = np.asarray(sdtp_decoder.prompt_saliency(TINY, params, ids, PRUNE, 0.1, norm="raw",
+                                                target="mask")[0])[:, 0]
+  eps, ones = 1e-2, np.ones((2, 1, n), np.float32)
+  want = np.zeros_like(got)
+  for stage in range(2):
+    for j in range(PRUNE.keep_first, n - 5):  # the prunable tokens
+      up, down = ones.copy(), ones.copy()
+      up[stage, 0, j] += eps
+      down[stage, 0, j] -= eps
+      want[stage, j] = max(-(float(loss(up)) - float(loss(down))) / (2 * eps), 0.0)
+  assert (want > 0).sum() > 5 and (want[:, PRUNE.keep_first:n - 5] == 0).sum() > 5
+  assert not np.allclose(want[0], want[1])  # the later stage counts fewer layers
+  np.testing.assert_allclose(got, want, atol=5e-5)  # float32 differences: ~3e-5
+  with pytest.raises(ValueError, match="saliency target"):
+    sdtp_decoder.prompt_saliency(TINY, params, ids, PRUNE, 0.1, target="hiden")
 
 
 def test_items_are_held_out_independent_and_where_they_claim():

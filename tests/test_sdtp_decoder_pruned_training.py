@@ -201,12 +201,14 @@ def test_config_checks_refuse_bad_values():
   config.train.recipe = "gumbel"
   config.train.gumbel_tau = 0.0
   config.train.kd_weight = -1.0
+  config.saliency.target = "gradient"
   with pytest.raises(config_checks.ConfigError) as err:
     train_lib.check_config(config)
   message = str(err.value)
   assert "config.train.recipe='gumbel' is not allowed (teacher_forcing or pruned)" in message
   assert "config.train.gumbel_tau=0.0 is not allowed" in message
   assert "config.train.kd_weight=-1.0 is not allowed" in message
+  assert "config.saliency.target='gradient' is not allowed (hidden or mask)" in message
   config = smollm_sdtp.get_config()
   config.train.recipe = "pruned"
   config.train.lm_weight = config.train.kd_weight = 0.0

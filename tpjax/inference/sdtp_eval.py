@@ -320,11 +320,11 @@ def bootstrap_interval(values, groups=None, confidence: float = 0.95,
 
 
 def oracle_saliency(config: decoder_lib.DecoderConfig, schedule: sdtp_decoder.Schedule,
-                    target_last: float) -> Callable:
+                    target_last: float, target: str = "hidden") -> Callable:
   """`fn(params, ids <int32>[1, n]) -> <float32>[stages, 1, n]`: the prompt's true
-  saliency (`sdtp_decoder.prompt_saliency`, the training target) for `oracle_scorer`,
-  computed layer by layer so a 4096-token prompt fits in memory."""
-  return sdtp_decoder.layerwise_saliency_fn(config, schedule, target_last)
+  saliency (`sdtp_decoder.layerwise_saliency_fn`'s `target`, the training target) for
+  `oracle_scorer`, computed layer by layer so a 4096-token prompt fits in memory."""
+  return sdtp_decoder.layerwise_saliency_fn(config, schedule, target_last, target=target)
 
 
 def evaluate_item(engines: dict, item: Item, *, pad_id: int = 0,

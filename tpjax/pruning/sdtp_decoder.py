@@ -42,6 +42,7 @@ always-kept ones. Scorers:
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 from typing import Callable, Optional, Sequence
@@ -573,10 +574,25 @@ def probe_target_fn(config: decoder_lib.DecoderConfig, params, input_ids: jax.Ar
   return target_fn
 
 
+# What a token's saliency measures (`layerwise_saliency_fn`'s `target`):
+# - "hidden": gradient x input of the hidden state entering the stage's layer (the
+#   paper's; `prompt_saliency`);
+# - "mask": the loss increase when the token is dropped from attention at the stage's
+#   layer and every later one, to first order: minus the gradient of T with respect to
+#   the policy mask (decoder.attend's k_keep) at M = 1, summed over those layers;
+#   negative estimates (dropping helps) are clipped to 0.
+SALIENCY_TARGETS = ("hidden", "mask")
+
+
 def layerwise_saliency_fn(config: decoder_lib.DecoderConfig, schedule: Schedule,
-                          target_last: float, norm: str = "seq_max") -> Callable:
-  """`fn(params, input_ids) -> <float32>[stages, batch, n]`: `prompt_saliency`'s targets
-  with one layer's activations in memory at a time.
+                          target_last: float, norm: str = "seq_max",
+                          target: str = "hidden") -> Callable:
+  """`fn(params, input_ids) -> <float32>[stages, batch, n]`: per-token saliency of T
+  (`target_weights`' next-token loss), one layer's activations in memory at a time.
+
+  With target "hidden" these are `prompt_saliency`'s targets; "mask" measures what
+  pruning does instead (`SALIENCY_TARGETS`). Both are normalised with `norm` over the
+  prunable tokens (always-kept ones get 0).
 
   The backward pass runs layer by layer from each layer's stored input, every layer's
   vector-Jacobian product its own compiled call. One compiled forward and backward of
@@ -584,11 +600,14 @@ def layerwise_saliency_fn(config: decoder_lib.DecoderConfig, schedule: Schedule,
   `jax.checkpoint` (every layer's attention weights live at once); here the peak is one
   layer's. The gradient at a layer's input is the gradient at the probe added there.
   """
+  if target not in SALIENCY_TARGETS:
+    raise ValueError(f"saliency target {target!r} is not one of {SALIENCY_TARGETS}.")
   model = decoder_lib.DecoderModel(config)
   where = {l: i for i, l in enumerate(schedule.layers)}
 
-  def layer(lp, x, positions, valid):
-    return decoder_lib.layer_forward(config, lp, x, positions, valid)[0]
+  # keep: None ("hidden": the unmasked layer) or <float32>[batch, n] ones ("mask").
+  def layer(lp, x, positions, valid, keep):
+    return decoder_lib.layer_forward(config, lp, x, positions, valid, keep)[0]
 
   def tail_loss(params, x, input_ids, weights):  # probe_target_fn's T from the last x
     logits = model.apply({"params": params}, x[:, :-1], method=model.head)
@@ -599,8 +618,9 @@ def layerwise_saliency_fn(config: decoder_lib.DecoderConfig, schedule: Schedule,
   embed = jax.jit(lambda params, ids: model.apply({"params": params}, ids,
                                                    method=model.embed))
   forward = jax.jit(layer)
-  backward = jax.jit(lambda lp, x, positions, valid, g: jax.vjp(
-      lambda x: layer(lp, x, positions, valid), x)[1](g)[0])
+  # (d T / d x, d T / d keep) of one layer
+  backward = jax.jit(lambda lp, x, positions, valid, keep, g: jax.vjp(
+      lambda x, keep: layer(lp, x, positions, valid, keep), x, keep)[1](g))
   head_grad = jax.jit(jax.grad(tail_loss, argnums=1))
 
   def fn(params, input_ids: jax.Array) -> jax.Array:
@@ -609,18 +629,26 @@ def layerwise_saliency_fn(config: decoder_lib.DecoderConfig, schedule: Schedule,
                                (batch, n - 1))
     positions = jnp.broadcast_to(jnp.arange(n), (batch, n))
     valid = jnp.ones((batch, n), bool)
+    keep = jnp.ones((batch, n), jnp.float32) if target == "mask" else None
     prunable = ~always_kept(positions, jnp.full((batch,), n), schedule.keep_first,
                             schedule.keep_last)
     inputs, x = [], embed(params, input_ids)
     for l in range(config.num_hidden_layers):
       inputs.append(x)
-      x = forward(decoder_lib.layer_params(params, l), x, positions, valid)
+      x = forward(decoder_lib.layer_params(params, l), x, positions, valid, keep)
     g = head_grad(params, x, input_ids, weights)
     targets = [None] * len(where)
+    keep_grad = jnp.zeros((batch, n), jnp.float32)  # summed over layers >= l
     for l in reversed(range(config.num_hidden_layers)):
-      g = backward(decoder_lib.layer_params(params, l), inputs[l], positions, valid, g)
+      g, g_keep = backward(decoder_lib.layer_params(params, l), inputs[l], positions,
+                           valid, keep, g)
+      if target == "mask":
+        keep_grad = keep_grad + g_keep
       if l in where:
-        raw = jnp.sum(g * inputs[l], axis=-1)
+        if target == "hidden":
+          raw = jnp.sum(g * inputs[l], axis=-1)
+        else:
+          raw = jnp.maximum(-keep_grad, 0.0)
         targets[where[l]] = sdtp.normalize_saliency(raw, prunable, norm)
     return jnp.stack(targets)
   return fn
@@ -656,21 +684,28 @@ def target_weights(n: int, schedule: Schedule, target_last: float) -> np.ndarray
 
 
 def prompt_saliency(config: decoder_lib.DecoderConfig, params, input_ids: jax.Array,
-                    schedule: Schedule, target_last: float, norm: str = "seq_max"):
+                    schedule: Schedule, target_last: float, norm: str = "seq_max",
+                    target: str = "hidden"):
   """True saliency of prompts at every stage, the training target (`oracle_scorer`).
 
-  Gradient times input of the frozen, unpruned decoder (sdtp.saliency_targets) for
-  T = the next-token loss of the predictions in the always-kept tail
-  (`target_weights`), normalised over the prunable tokens only.
+  For T = the next-token loss of the predictions in the always-kept tail
+  (`target_weights`) of the frozen, unpruned decoder, normalised over the prunable
+  tokens only. `target` (`SALIENCY_TARGETS`): "hidden", gradient times input of the
+  hidden state (sdtp.saliency_targets, the paper's); "mask", minus the gradient of T
+  with respect to each stage's keep mask at M = 1 (`masked_prefill`: stage s's mask
+  multiplies attention at every layer from its own on), clipped at 0.
 
   Args:
     input_ids: <int32>[batch, n], unpadded prompts of one length n.
     target_last: the tail fraction T counts (inside schedule.keep_last).
     norm: one of sdtp.SALIENCY_NORMS.
+    target: one of SALIENCY_TARGETS.
   Returns:
     (<float32>[stages, batch, n] targets (0 at always-kept tokens), hidden states
     entering the pruning layers <float32>[stages, batch, n, hidden], T <float32>[]).
   """
+  if target not in SALIENCY_TARGETS:
+    raise ValueError(f"saliency target {target!r} is not one of {SALIENCY_TARGETS}.")
   batch, n = input_ids.shape
   weights = jnp.broadcast_to(jnp.asarray(target_weights(n, schedule, target_last)),
                              (batch, n - 1))
@@ -680,8 +715,23 @@ def prompt_saliency(config: decoder_lib.DecoderConfig, params, input_ids: jax.Ar
   stages = len(schedule.layers)
   target_fn = probe_target_fn(config, params, input_ids, schedule.layers, weights)
   shapes = [(batch, n, config.hidden_size)] * stages
-  targets, value = sdtp.saliency_targets(target_fn, shapes, norm, [prunable] * stages)
   _, hiddens = target_fn(tuple(jnp.zeros(sh) for sh in shapes))
+  if target == "hidden":
+    targets, value = sdtp.saliency_targets(target_fn, shapes, norm, [prunable] * stages)
+    return jnp.stack(targets), jnp.stack(hiddens), value
+  model = decoder_lib.DecoderModel(config)
+
+  def loss(masks):  # T of the masked model, masks <float32>[stages, batch, n]
+    x, _, _ = masked_prefill(config, params, input_ids, positions,
+                             jnp.ones((batch, n), bool), schedule,
+                             lambda stage, _: masks[stage])
+    logits = model.apply({"params": params}, x[:, :-1], method=model.head)
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1),
+                               input_ids[:, 1:, None], axis=-1)[..., 0]
+    return jnp.sum(jnp.sum(nll * weights, axis=1) / jnp.sum(weights, axis=1))
+
+  value, grads = jax.value_and_grad(loss)(jnp.ones((stages, batch, n), jnp.float32))
+  targets = [sdtp.normalize_saliency(jnp.maximum(-g, 0.0), prunable, norm) for g in grads]
   return jnp.stack(targets), jnp.stack(hiddens), value
 
 
@@ -733,7 +783,8 @@ def save_predictors(workdir: str, score_params: list, schedule: Schedule,
 
 def load_predictors(workdir: str, config: decoder_lib.DecoderConfig,
                     ratio: Optional[float] = None) -> tuple[list, Schedule, dict]:
-  """(per-stage Predictor parameters, Schedule, the saved extras) from a workdir.
+  """(per-stage Predictor parameters, Schedule, the saved extras) from a workdir; the
+  extras gain "sha256", the SHA-256 of predictors.msgpack (what results cite).
 
   `ratio` replaces the saved keep ratios by ratio^(s+1) at the same layers. Modules
   trained by teacher forcing (the unpruned model's hidden states) serve every ratio;
@@ -754,5 +805,6 @@ def load_predictors(workdir: str, config: decoder_lib.DecoderConfig,
   schedule = Schedule(**{**sch, "layers": tuple(sch["layers"]), "keep": keep})
   template = init_predictors(config, schedule, jax.random.PRNGKey(0))
   with open(os.path.join(workdir, "predictors.msgpack"), "rb") as f:
-    params = flax.serialization.from_bytes(template, f.read())
-  return list(params), schedule, meta
+    data = f.read()
+  meta["sha256"] = hashlib.sha256(data).hexdigest()
+  return list(flax.serialization.from_bytes(template, data)), schedule, meta

@@ -80,7 +80,8 @@ class NonFiniteLoss(errors.RunFailed):
 
 
 def config_problems(config) -> list[str]:
-  """One sentence per bad `config.train` value (empty when it can run)."""
+  """One sentence per bad `config.train` (or saliency target) value; empty when it
+  can run."""
   tc, found = config.train, []
 
   def need(ok: bool, field: str, allowed: str) -> None:
@@ -91,6 +92,9 @@ def config_problems(config) -> list[str]:
   count = lambda value: config_checks.is_int(value) and value >= 1
 
   need(tc.get("recipe") in RECIPES, "recipe", " or ".join(RECIPES))
+  if saliency_target(config) not in sdtp_decoder.SALIENCY_TARGETS:
+    found.append(f"config.saliency.target={saliency_target(config)!r} is not allowed "
+                 f"({' or '.join(sdtp_decoder.SALIENCY_TARGETS)})")
   need(count(tc.steps), "steps", "an integer of at least 1")
   need(count(tc.batch_size), "batch_size", "an integer of at least 1")
   need(count(tc.holdout_windows) and (not count(config.saliency.max_windows) or
@@ -106,6 +110,11 @@ def config_problems(config) -> list[str]:
     need(tc.lm_weight + tc.kd_weight > 0, "kd_weight", "with lm_weight 0 the pruned "
          "recipe needs kd_weight > 0: its masks learn only through the LM and KD terms")
   return found
+
+
+def saliency_target(config) -> str:
+  """config.saliency.target; runs recorded before the field existed used "hidden"."""
+  return config.saliency.get("target", "hidden")
 
 
 def check_config(config) -> None:
@@ -176,7 +185,7 @@ def compute_targets(model, params, windows: np.ndarray, schedule, config):
   @jax.jit
   def one(params, ids):  # params as an argument: closed over, XLA would constant-fold them
     targets, hiddens, value = sdtp_decoder.prompt_saliency(
-        cfg, params, ids, schedule, sal.target_last, sal.norm)
+        cfg, params, ids, schedule, sal.target_last, sal.norm, saliency_target(config))
     return targets[:, 0], hiddens[:, 0].astype(jnp.float16), value
 
   hiddens, targets, values = [], [], []
@@ -536,6 +545,7 @@ def main(argv):
   # What the cached targets depend on: a cache made under another definition is
   # recomputed, not reused.
   target_key = json.dumps({"window": sal.window, "target_last": sal.target_last,
+                       "target": saliency_target(config),
                        "norm": sal.norm, "layers": schedule.layers,
                        "keep_first": schedule.keep_first, "keep_last": schedule.keep_last,
                        "windows_per_article": sal.windows_per_article,
