@@ -35,6 +35,7 @@ counts, so the whole path runs in seconds (tests/test_sdtp_decoder_eval.py).
 """
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -88,6 +89,9 @@ def parse(argv=None) -> argparse.Namespace:
   parser.add_argument("--passkey", default="16,16,8", help="haystacks per length")
   parser.add_argument("--depths", default="0.1,0.5,0.9", help="passkey depths")
   parser.add_argument("--systems", default=",".join(SYSTEMS))
+  parser.add_argument("--extra_predictors", default="",
+                      help="name:workdir,... more trained predictors, each a system "
+                           "(e.g. another recipe's) to name in --systems")
   parser.add_argument("--compare_to", default="sdtp",
                       help="paired differences of every other pruned system from this")
   parser.add_argument("--seed", type=int, default=0,
@@ -147,8 +151,21 @@ def load(args):
   return model, params, tokenizer, predictors, schedule, meta
 
 
-def engines_for(args, model, params, predictors, schedule) -> dict:
-  """{system: PrunedPrefill} for --systems, full first."""
+def extra_predictors(args, config) -> dict:
+  """{name: (per-stage predictors, SHA-256 of their file)} of --extra_predictors, at
+  --ratio (or their own schedule's ratios)."""
+  out = {}
+  for entry in filter(None, args.extra_predictors.split(",")):
+    name, _, workdir = entry.partition(":")
+    if name in SYSTEMS or not workdir:
+      raise SystemExit(f"--extra_predictors: {entry!r} is not name:workdir with a new name.")
+    predictors, _, meta = sdtp_decoder.load_predictors(workdir, config, args.ratio)
+    out[name] = (predictors, meta["sha256"])
+  return out
+
+
+def engines_for(args, model, params, predictors, schedule, extra=None) -> dict:
+  """{system: PrunedPrefill} for --systems, full first; `extra` as extra_predictors'."""
   make = {
       "full": lambda: sdtp_decoder.PrunedPrefill(model, params, None),
       "sdtp": lambda: sdtp_decoder.PrunedPrefill(
@@ -165,6 +182,9 @@ def engines_for(args, model, params, predictors, schedule) -> dict:
       "oracle": lambda: sdtp_decoder.PrunedPrefill(
           model, params, schedule, sdtp_decoder.oracle_scorer, None),
   }
+  for name, (other, _) in (extra or {}).items():
+    make[name] = functools.partial(sdtp_decoder.PrunedPrefill, model, params, schedule,
+                                   sdtp_decoder.predictor_scorer, other)
   systems = args.systems.split(",")
   unknown = set(systems) - set(make)
   if unknown:
@@ -218,7 +238,8 @@ def main(argv=None) -> dict:
   overlap = sorted(set(train_titles) & {a.title for a in evaluation})
   if overlap:
     raise SystemExit(f"the predictors trained on evaluation articles {overlap}.")
-  engines = engines_for(args, model, params, predictors, schedule)
+  extra = extra_predictors(args, model.config)
+  engines = engines_for(args, model, params, predictors, schedule, extra)
   items = items_for(args, tokenizer, evaluation)
   if args.oracle_target is None:
     args.oracle_target = target
@@ -255,6 +276,10 @@ def main(argv=None) -> dict:
                for n in lengths},
       "items": []}
   results["predictors_sha256"] = predictors_hash
+  if extra:
+    results["extra_predictors"] = {
+        name: {"workdir": entry.partition(":")[2], "sha256": extra[name][1]}
+        for name, entry in zip(extra, filter(None, args.extra_predictors.split(",")))}
   previous = _resumable(results, items, args.out) if args.resume else None
   done = len(previous["items"]) if previous else 0
   if previous:
@@ -308,10 +333,11 @@ def _resumable(results: dict, items: list, path: str):
     return None
   with open(path, encoding="utf-8") as f:
     previous = json.load(f)
-  for key in ("model", "schedule", "systems", "settings", "predictors_sha256"):
-    if previous.get(key) != results[key]:
+  for key in ("model", "schedule", "systems", "settings", "predictors_sha256",
+              "extra_predictors"):
+    if previous.get(key) != results.get(key):
       raise SystemExit(f"--resume: {path} has another {key} ({previous.get(key)!r}, this "
-                       f"run {results[key]!r}); evaluate into a new --out instead.")
+                       f"run {results.get(key)!r}); evaluate into a new --out instead.")
   rows = previous["items"]
   for i, (row, item) in enumerate(zip(rows, items)):
     if row.get("prompt_sha1") != _prompt_hash(item):

@@ -18,17 +18,12 @@ Two training recipes (`train.recipe`; tpjax/training/sdtp_decoder.py):
   straight-through Gumbel top-k masks keeping exactly the schedule's counts,
   cumulative through the stages, loss lm_weight LM + kd_weight KL(unpruned || pruned)
   on the always-kept tail + the same MSE and ranking terms, backbone frozen.
-  Cost per step, SmolLM2-135M on this 2-core CPU: one 1024-token window took 122 s
-  (plus 52 s to compile) at nice 19 beside a training job, load average 7.2, when
-  each step still ran the unpruned teacher; it now runs once per window before
-  training (training.sdtp_decoder.teacher_tail), leaving about three forwards per
-  window and step (the masked student, its per-layer recomputation in the backward,
-  the backward itself) at the unpruned prefill's 2.9 s each on a quiet machine
-  (sdtp_decoder_speed.json): about 9-12 s per window, 1.2-1.6 min per 8-window step,
-  300 steps 6-8 hours quiet. Extrapolated from the one batch-1 step, not measured at
-  batch 8. Train it with fewer steps, or on a GPU.
+  Cost, SmolLM2-135M on this 2-core CPU, 1024-token windows: 8 windows per step ask
+  XLA for 26 GB (out of memory here); 2 windows per step take about
+  34 s (train.batch_size=2, the measured run in docs/decoder.md). Train it with small
+  batches, or on a GPU.
 
-Window cost (issue 25 item 5): 1024 tokens, the shortest evaluated prompt, where 512
+Window cost: 1024 tokens, the shortest evaluated prompt, where 512
 were used before. Per window the saliency forward + backward costs about 2.2x the
 512-token one (projections and MLP double, attention quadruples), the cached hidden
 states double (stages x windows x 1024 x 576 float16: 9 x 64 x 1024 x 576 x 2 B =

@@ -296,3 +296,25 @@ def test_resume_continues_the_same_run_only(tmp_path):
   with pytest.raises(SystemExit, match="another prompt"):
     bench.main(["--smoke", f"--out={out}", "--tasks=documents", "--resume"])
   assert json.loads(out.read_text()) == partial
+
+
+def test_extra_predictors_are_systems_of_their_own(tmp_path):
+  # Another set of predictors (say the other recipe's) evaluated beside `sdtp` on the
+  # same prompts: its own decisions, its file's hash recorded.
+  bench = _benchmark()
+  other = sdtp_decoder.init_predictors(bench.TINY, bench.TINY_SCHEDULE,
+                                       jax.random.PRNGKey(7))
+  sdtp_decoder.save_predictors(str(tmp_path / "other"), other, bench.TINY_SCHEDULE)
+  out = tmp_path / "eval.json"
+  data = bench.main(["--smoke", f"--out={out}", "--tasks=documents",
+                     "--systems=full,sdtp,other", "--compare_to=other",
+                     f"--extra_predictors=other:{tmp_path / 'other'}"])
+  assert data["systems"] == ["full", "sdtp", "other"]
+  digest = sdtp_decoder.load_predictors(str(tmp_path / "other"), bench.TINY)[2]["sha256"]
+  assert data["extra_predictors"] == {"other": {"workdir": str(tmp_path / "other"),
+                                                "sha256": digest}}
+  kl = [[r["systems"][n]["kl"] for r in data["items"]] for n in ("sdtp", "other")]
+  assert kl[0] != kl[1]
+  assert "minus_other" in data["summary"]["documents"]["320"]["systems"]["sdtp"]
+  with pytest.raises(SystemExit, match="not name:workdir"):
+    bench.main(["--smoke", f"--out={out}", "--extra_predictors=recency:somewhere"])

@@ -193,6 +193,16 @@ def test_a_non_finite_loss_stops_training():
                   lambda p: {}, "pruned")
 
 
+def test_a_step_out_of_memory_says_what_to_lower():
+  def step(p, o, pick, i):
+    raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 9 bytes.")
+  with pytest.raises(train_lib.StepOutOfMemory,
+                     match="step 1 with config.train.batch_size=2: RESOURCE_EXHAUSTED.*"
+                           "lower config.train.batch_size"):
+    train_lib.fit({"w": jnp.zeros(1)}, optax.adam(1e-3), step, 4, _config(),
+                  lambda p: {}, "pruned")
+
+
 def test_config_checks_refuse_bad_values():
   config = smollm_sdtp.get_config()
   assert train_lib.config_problems(config) == []

@@ -536,6 +536,17 @@ def predictor_mask_fn(schedule: Schedule, score_params, n: jax.Array,
   return mask_fn
 
 
+def tail_loss(model: decoder_lib.DecoderModel, params, x: jax.Array, input_ids: jax.Array,
+              weights: jax.Array) -> jax.Array:
+  """T from the last layer's output x <float32>[batch, seq, hidden]: the weighted
+  next-token loss summed over the batch, sum_b sum_t w_bt NLL_bt / sum_t w_bt (NLL_bt
+  the loss of token t + 1 given tokens <= t; weights <float32>[batch, seq - 1])."""
+  logits = model.apply({"params": params}, x[:, :-1], method=model.head)
+  nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1),
+                             input_ids[:, 1:, None], axis=-1)[..., 0]
+  return jnp.sum(jnp.sum(nll * weights, axis=1) / jnp.sum(weights, axis=1))
+
+
 def probe_target_fn(config: decoder_lib.DecoderConfig, params, input_ids: jax.Array,
                     layers: Sequence[int], loss_weights: jax.Array):
   """`target_fn(probes) -> (T, hiddens)` of the frozen, unpruned decoder, for
@@ -566,11 +577,7 @@ def probe_target_fn(config: decoder_lib.DecoderConfig, params, input_ids: jax.Ar
         x = x + probes[where[l]]
         hiddens.append(x)
       x, _ = layer_forward(decoder_lib.layer_params(params, l), x, positions, valid)
-    logits = model.apply({"params": params}, x[:, :-1], method=model.head)
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    nll = -jnp.take_along_axis(logp, input_ids[:, 1:, None], axis=-1)[..., 0]
-    per_row = jnp.sum(nll * loss_weights, axis=1) / jnp.sum(loss_weights, axis=1)
-    return jnp.sum(per_row), tuple(hiddens)
+    return tail_loss(model, params, x, input_ids, loss_weights), tuple(hiddens)
   return target_fn
 
 
@@ -609,19 +616,13 @@ def layerwise_saliency_fn(config: decoder_lib.DecoderConfig, schedule: Schedule,
   def layer(lp, x, positions, valid, keep):
     return decoder_lib.layer_forward(config, lp, x, positions, valid, keep)[0]
 
-  def tail_loss(params, x, input_ids, weights):  # probe_target_fn's T from the last x
-    logits = model.apply({"params": params}, x[:, :-1], method=model.head)
-    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1),
-                               input_ids[:, 1:, None], axis=-1)[..., 0]
-    return jnp.sum(jnp.sum(nll * weights, axis=1) / jnp.sum(weights, axis=1))
-
   embed = jax.jit(lambda params, ids: model.apply({"params": params}, ids,
                                                    method=model.embed))
   forward = jax.jit(layer)
   # (d T / d x, d T / d keep) of one layer
   backward = jax.jit(lambda lp, x, positions, valid, keep, g: jax.vjp(
       lambda x, keep: layer(lp, x, positions, valid, keep), x, keep)[1](g))
-  head_grad = jax.jit(jax.grad(tail_loss, argnums=1))
+  head_grad = jax.jit(jax.grad(functools.partial(tail_loss, model), argnums=1))
 
   def fn(params, input_ids: jax.Array) -> jax.Array:
     batch, n = input_ids.shape
@@ -725,10 +726,7 @@ def prompt_saliency(config: decoder_lib.DecoderConfig, params, input_ids: jax.Ar
     x, _, _ = masked_prefill(config, params, input_ids, positions,
                              jnp.ones((batch, n), bool), schedule,
                              lambda stage, _: masks[stage])
-    logits = model.apply({"params": params}, x[:, :-1], method=model.head)
-    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1),
-                               input_ids[:, 1:, None], axis=-1)[..., 0]
-    return jnp.sum(jnp.sum(nll * weights, axis=1) / jnp.sum(weights, axis=1))
+    return tail_loss(model, params, x, input_ids, weights)
 
   value, grads = jax.value_and_grad(loss)(jnp.ones((stages, batch, n), jnp.float32))
   targets = [sdtp.normalize_saliency(jnp.maximum(-g, 0.0), prunable, norm) for g in grads]

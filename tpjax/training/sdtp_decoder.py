@@ -79,6 +79,10 @@ class NonFiniteLoss(errors.RunFailed):
   """A training step's loss is NaN or infinite; nothing is written."""
 
 
+class StepOutOfMemory(errors.RunFailed):
+  """A training step asked for more memory than there is; nothing is written."""
+
+
 def config_problems(config) -> list[str]:
   """One sentence per bad `config.train` (or saliency target) value; empty when it
   can run."""
@@ -267,6 +271,7 @@ def fit(params, tx, step, n_train: int, config, evaluate, recipe: str):
     (params, log {"before", "curve", "after"}).
   Raises:
     NonFiniteLoss: at the first step whose loss is NaN or infinite.
+    StepOutOfMemory: when a step runs out of memory.
   """
   tc = config.train
   opt = tx.init(params)
@@ -276,8 +281,17 @@ def fit(params, tx, step, n_train: int, config, evaluate, recipe: str):
                   disable=not tc.get("progress_bar", False))
   for i in range(tc.steps):
     pick = rng.choice(n_train, tc.batch_size, replace=n_train < tc.batch_size)
-    params, opt, loss, parts = step(params, opt, pick, i)
-    loss = float(loss)
+    try:
+      params, opt, loss, parts = step(params, opt, pick, i)
+      loss = float(loss)
+    except jax.errors.JaxRuntimeError as err:
+      if "RESOURCE_EXHAUSTED" not in str(err):
+        raise
+      bar.close()
+      raise StepOutOfMemory(
+          f"SDTP decoder training ({recipe} recipe), step {i + 1} with "
+          f"config.train.batch_size={tc.batch_size}: {str(err).splitlines()[0]} No "
+          "predictors were written; lower config.train.batch_size.") from err
     if not math.isfinite(loss):
       bar.close()
       raise NonFiniteLoss(
