@@ -19,8 +19,8 @@ Two training recipes (`train.recipe`; tpjax/training/sdtp_decoder.py):
   cumulative through the stages, loss lm_weight LM + kd_weight KL(unpruned || pruned)
   on the always-kept tail + the same MSE and ranking terms, backbone frozen.
   Cost, SmolLM2-135M on this 2-core CPU, 1024-token windows: 8 windows per step ask
-  XLA for 26 GB (out of memory here); 2 windows per step take about
-  34 s (train.batch_size=2, the measured run in docs/decoder.md). Train it with small
+  XLA for 26 GB (out of memory here); 2 windows per step take about 25 s
+  (train.batch_size=2, the measured run in docs/decoder.md). Train it with small
   batches, or on a GPU.
 
 Window cost: 1024 tokens, the shortest evaluated prompt, where 512

@@ -6,6 +6,7 @@ wrong positions or a wrong cache would change the numbers.
 """
 
 import fractions
+import hashlib
 import math
 
 import jax
@@ -218,7 +219,9 @@ def test_predictors_round_trip_and_ratio_override(tmp_path):
   params = sdtp_decoder.init_predictors(TINY, SCHEDULE, jax.random.PRNGKey(1))
   sdtp_decoder.save_predictors(str(tmp_path), params, SCHEDULE, {"windows": 3})
   loaded, schedule, meta = sdtp_decoder.load_predictors(str(tmp_path), TINY)
-  assert schedule == SCHEDULE and meta == {"windows": 3}
+  with open(tmp_path / "predictors.msgpack", "rb") as f:  # results cite the file's hash
+    digest = hashlib.sha256(f.read()).hexdigest()
+  assert schedule == SCHEDULE and meta == {"windows": 3, "sha256": digest}
   assert jax.tree_util.tree_structure(loaded) == jax.tree_util.tree_structure(params)
   for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(loaded),
                   strict=True):
