@@ -152,15 +152,15 @@ def load(args):
 
 
 def extra_predictors(args, config) -> dict:
-  """{name: (per-stage predictors, SHA-256 of their file)} of --extra_predictors, at
-  --ratio (or their own schedule's ratios)."""
+  """{name: (per-stage predictors, {"workdir", "sha256" of their file})} of
+  --extra_predictors, at --ratio (or their own schedule's ratios)."""
   out = {}
   for entry in filter(None, args.extra_predictors.split(",")):
     name, _, workdir = entry.partition(":")
     if name in SYSTEMS or not workdir:
       raise SystemExit(f"--extra_predictors: {entry!r} is not name:workdir with a new name.")
     predictors, _, meta = sdtp_decoder.load_predictors(workdir, config, args.ratio)
-    out[name] = (predictors, meta["sha256"])
+    out[name] = (predictors, {"workdir": workdir, "sha256": meta["sha256"]})
   return out
 
 
@@ -232,7 +232,7 @@ def main(argv=None) -> dict:
 
   model, params, tokenizer, predictors, schedule, meta = load(args)
   train_titles = meta.get("train_articles", [])
-  target = meta.get("config", {}).get("saliency", {}).get("target", "hidden")
+  target = sdtp_decoder.saliency_target(meta.get("config", {}))
   predictors_hash = meta["sha256"]
   train, evaluation = squad_docs.split(squad_docs.load_articles(args.squad_path))
   overlap = sorted(set(train_titles) & {a.title for a in evaluation})
@@ -277,9 +277,7 @@ def main(argv=None) -> dict:
       "items": []}
   results["predictors_sha256"] = predictors_hash
   if extra:
-    results["extra_predictors"] = {
-        name: {"workdir": entry.partition(":")[2], "sha256": extra[name][1]}
-        for name, entry in zip(extra, filter(None, args.extra_predictors.split(",")))}
+    results["extra_predictors"] = {name: record for name, (_, record) in extra.items()}
   previous = _resumable(results, items, args.out) if args.resume else None
   done = len(previous["items"]) if previous else 0
   if previous:

@@ -591,6 +591,17 @@ def probe_target_fn(config: decoder_lib.DecoderConfig, params, input_ids: jax.Ar
 SALIENCY_TARGETS = ("hidden", "mask")
 
 
+def saliency_target(config) -> str:
+  """A run config's (ConfigDict or its saved dict) saliency target; runs recorded
+  before the field existed used "hidden"."""
+  return config.get("saliency", {}).get("target", "hidden")
+
+
+def _check_target(target: str) -> None:
+  if target not in SALIENCY_TARGETS:
+    raise ValueError(f"saliency target {target!r} is not one of {SALIENCY_TARGETS}.")
+
+
 def layerwise_saliency_fn(config: decoder_lib.DecoderConfig, schedule: Schedule,
                           target_last: float, norm: str = "seq_max",
                           target: str = "hidden") -> Callable:
@@ -607,8 +618,7 @@ def layerwise_saliency_fn(config: decoder_lib.DecoderConfig, schedule: Schedule,
   `jax.checkpoint` (every layer's attention weights live at once); here the peak is one
   layer's. The gradient at a layer's input is the gradient at the probe added there.
   """
-  if target not in SALIENCY_TARGETS:
-    raise ValueError(f"saliency target {target!r} is not one of {SALIENCY_TARGETS}.")
+  _check_target(target)
   model = decoder_lib.DecoderModel(config)
   where = {l: i for i, l in enumerate(schedule.layers)}
 
@@ -705,8 +715,7 @@ def prompt_saliency(config: decoder_lib.DecoderConfig, params, input_ids: jax.Ar
     (<float32>[stages, batch, n] targets (0 at always-kept tokens), hidden states
     entering the pruning layers <float32>[stages, batch, n, hidden], T <float32>[]).
   """
-  if target not in SALIENCY_TARGETS:
-    raise ValueError(f"saliency target {target!r} is not one of {SALIENCY_TARGETS}.")
+  _check_target(target)
   batch, n = input_ids.shape
   weights = jnp.broadcast_to(jnp.asarray(target_weights(n, schedule, target_last)),
                              (batch, n - 1))

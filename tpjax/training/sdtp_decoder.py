@@ -96,8 +96,9 @@ def config_problems(config) -> list[str]:
   count = lambda value: config_checks.is_int(value) and value >= 1
 
   need(tc.get("recipe") in RECIPES, "recipe", " or ".join(RECIPES))
-  if saliency_target(config) not in sdtp_decoder.SALIENCY_TARGETS:
-    found.append(f"config.saliency.target={saliency_target(config)!r} is not allowed "
+  target = sdtp_decoder.saliency_target(config)
+  if target not in sdtp_decoder.SALIENCY_TARGETS:
+    found.append(f"config.saliency.target={target!r} is not allowed "
                  f"({' or '.join(sdtp_decoder.SALIENCY_TARGETS)})")
   need(count(tc.steps), "steps", "an integer of at least 1")
   need(count(tc.batch_size), "batch_size", "an integer of at least 1")
@@ -114,11 +115,6 @@ def config_problems(config) -> list[str]:
     need(tc.lm_weight + tc.kd_weight > 0, "kd_weight", "with lm_weight 0 the pruned "
          "recipe needs kd_weight > 0: its masks learn only through the LM and KD terms")
   return found
-
-
-def saliency_target(config) -> str:
-  """config.saliency.target; runs recorded before the field existed used "hidden"."""
-  return config.saliency.get("target", "hidden")
 
 
 def check_config(config) -> None:
@@ -184,12 +180,13 @@ def compute_targets(model, params, windows: np.ndarray, schedule, config):
   """
   cfg = model.config
   sal = config.saliency
+  target = sdtp_decoder.saliency_target(config)
   sdtp_decoder.target_weights(windows.shape[1], schedule, sal.target_last)  # checks
 
   @jax.jit
   def one(params, ids):  # params as an argument: closed over, XLA would constant-fold them
     targets, hiddens, value = sdtp_decoder.prompt_saliency(
-        cfg, params, ids, schedule, sal.target_last, sal.norm, saliency_target(config))
+        cfg, params, ids, schedule, sal.target_last, sal.norm, target)
     return targets[:, 0], hiddens[:, 0].astype(jnp.float16), value
 
   hiddens, targets, values = [], [], []
@@ -559,7 +556,7 @@ def main(argv):
   # What the cached targets depend on: a cache made under another definition is
   # recomputed, not reused.
   target_key = json.dumps({"window": sal.window, "target_last": sal.target_last,
-                       "target": saliency_target(config),
+                       "target": sdtp_decoder.saliency_target(config),
                        "norm": sal.norm, "layers": schedule.layers,
                        "keep_first": schedule.keep_first, "keep_last": schedule.keep_last,
                        "windows_per_article": sal.windows_per_article,
