@@ -70,7 +70,10 @@ def get_config():
   # the LM and KD terms added (tpjax/training/sdtp_decoder.py).
   config.train.recipe = "teacher_forcing"
   config.train.steps = 300
-  config.train.batch_size = 8            # windows per step
+  config.train.batch_size = 8            # windows per forward/backward pass
+  # Micro-batches of batch_size whose mean gradient makes one Adam update (steps counts
+  # updates): batch_size 2 x accumulate 4 trains as 8 windows per update in less memory.
+  config.train.accumulate = 1
   config.train.learning_rate = 1e-3
   config.train.mse_weight = 1.0          # saliency MSE, per stage (both recipes)
   config.train.rank_weight = 1.0         # saliency ranking, per stage (both recipes)

@@ -198,7 +198,7 @@ def test_a_step_out_of_memory_says_what_to_lower():
     raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 9 bytes.")
   with pytest.raises(train_lib.StepOutOfMemory,
                      match="step 1 with config.train.batch_size=2: RESOURCE_EXHAUSTED.*"
-                           "lower config.train.batch_size"):
+                           "lower config.train.batch_size .and raise config.train.accumulate"):
     train_lib.fit({"w": jnp.zeros(1)}, optax.adam(1e-3), step, 4, _config(),
                   lambda p: {}, "pruned")
 
@@ -212,6 +212,7 @@ def test_config_checks_refuse_bad_values():
   config.train.gumbel_tau = 0.0
   config.train.kd_weight = -1.0
   config.saliency.target = "gradient"
+  config.train.accumulate = 0
   with pytest.raises(config_checks.ConfigError) as err:
     train_lib.check_config(config)
   message = str(err.value)
@@ -219,6 +220,7 @@ def test_config_checks_refuse_bad_values():
   assert "config.train.gumbel_tau=0.0 is not allowed" in message
   assert "config.train.kd_weight=-1.0 is not allowed" in message
   assert "config.saliency.target='gradient' is not allowed (hidden or mask)" in message
+  assert "config.train.accumulate=0 is not allowed" in message
   config = smollm_sdtp.get_config()
   config.train.recipe = "pruned"
   config.train.lm_weight = config.train.kd_weight = 0.0

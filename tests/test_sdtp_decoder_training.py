@@ -163,6 +163,34 @@ def test_training_learns_the_targets_ranking():
   assert warm["before"]["topk_agreement"] == after["topk_agreement"]
 
 
+def test_accumulated_micro_batches_update_as_one_batch():
+  """batch_size 2 x accumulate 2 trains exactly as batch_size 4: the same windows per
+  update (one draw, split), the mean gradient, one Adam update; updating after every
+  micro-batch, or summing instead of averaging, gives other parameters."""
+  stages, seq, d = 2, 16, 8
+  rng = np.random.RandomState(1)
+  hiddens = rng.randn(stages, 4 + 2, seq, d).astype(np.float32)
+  targets = rng.rand(stages, 4 + 2, seq).astype(np.float32)
+  schedule = sdtp_decoder.Schedule(layers=(1, 2), keep=(0.5, 0.25), keep_first=2,
+                                   keep_last=0.1, step=4)
+  prunable = ~train_lib.always_mask(seq, schedule)
+  cfg = types.SimpleNamespace(hidden_size=d)
+
+  def train(batch_size, accumulate):
+    config = _config()
+    config.train = ml_collections.ConfigDict({
+        "steps": 3, "batch_size": batch_size, "accumulate": accumulate,
+        "learning_rate": 1e-2, "mse_weight": 1.0, "rank_weight": 1.0,
+        "holdout_windows": 2})
+    return train_lib.train_predictors(hiddens, targets, prunable, schedule, config, cfg)[0]
+
+  whole, split, one = train(4, 1), train(2, 2), train(2, 1)
+  close = lambda a, b: jax.tree.all(jax.tree.map(
+      lambda x, y: np.allclose(x, y, rtol=1e-4, atol=1e-6), a, b))
+  assert close(whole, split)
+  assert not close(whole, one)
+
+
 def test_a_warm_start_from_other_layers_is_refused(tmp_path):
   trained = sdtp_decoder.init_predictors(TINY, SCHEDULE, jax.random.PRNGKey(0))
   sdtp_decoder.save_predictors(str(tmp_path), trained, SCHEDULE)

@@ -102,6 +102,7 @@ def config_problems(config) -> list[str]:
                  f"({' or '.join(sdtp_decoder.SALIENCY_TARGETS)})")
   need(count(tc.steps), "steps", "an integer of at least 1")
   need(count(tc.batch_size), "batch_size", "an integer of at least 1")
+  need(count(tc.get("accumulate", 1)), "accumulate", "an integer of at least 1")
   need(count(tc.holdout_windows) and (not count(config.saliency.max_windows) or
                                       tc.holdout_windows < config.saliency.max_windows),
        "holdout_windows", "at least 1 and fewer than config.saliency.max_windows")
@@ -245,6 +246,14 @@ def topk_agreement(score_params, hiddens, targets, prunable, schedule) -> list[f
   return out
 
 
+def optimiser(config) -> optax.GradientTransformation:
+  """Adam at config.train.learning_rate; with train.accumulate = k > 1 it averages the
+  gradients of k consecutive micro-batches and updates once (optax.MultiSteps)."""
+  tx = optax.adam(config.train.learning_rate)
+  k = config.train.get("accumulate", 1)
+  return optax.MultiSteps(tx, every_k_schedule=k).gradient_transformation() if k > 1 else tx
+
+
 def _initial(init, cfg, schedule, config) -> list:
   if init is not None:
     return init
@@ -253,15 +262,20 @@ def _initial(init, cfg, schedule, config) -> list:
 
 def fit(params, tx, step, n_train: int, config, evaluate, recipe: str):
   """The Adam loop both recipes share: random batches of training windows, a curve
-  every 25 steps, held-out evaluation before and after.
+  every 25 updates, held-out evaluation before and after.
+
+  Each of the config.train.steps updates draws batch_size x accumulate windows (without
+  replacement when there are enough) and feeds them to `step` in `accumulate`
+  micro-batches of batch_size; `tx` (`optimiser`) updates after the last one.
 
   Args:
     params: the initial per-stage Predictor parameters.
     tx: the optax optimiser.
-    step: (params, opt_state, pick <int>[batch_size] window indices, step index) ->
-      (params, opt_state, loss <float32>[], parts {name: array}).
+    step: (params, opt_state, pick <int>[batch_size] window indices, micro-step index)
+      -> (params, opt_state, loss <float32>[], parts {name: array}).
     n_train: number of training windows.
-    config: the run config (config.train.steps, batch_size, progress_bar; seed).
+    config: the run config (config.train.steps, batch_size, accumulate, progress_bar;
+      seed).
     evaluate: params -> dict of held-out metrics.
     recipe: the recipe's name, for messages.
   Returns:
@@ -276,11 +290,15 @@ def fit(params, tx, step, n_train: int, config, evaluate, recipe: str):
   rng = np.random.RandomState(config.seed)
   bar = tqdm.tqdm(total=tc.steps, desc=recipe, unit="step", dynamic_ncols=True,
                   disable=not tc.get("progress_bar", False))
+  k = tc.get("accumulate", 1)
   for i in range(tc.steps):
-    pick = rng.choice(n_train, tc.batch_size, replace=n_train < tc.batch_size)
+    picks = rng.choice(n_train, tc.batch_size * k, replace=n_train < tc.batch_size * k)
     try:
-      params, opt, loss, parts = step(params, opt, pick, i)
-      loss = float(loss)
+      losses = []
+      for j, pick in enumerate(np.split(picks, k)):
+        params, opt, loss, parts = step(params, opt, pick, i * k + j)
+        losses.append(float(loss))
+      loss = float(np.mean(losses))
     except jax.errors.JaxRuntimeError as err:
       if "RESOURCE_EXHAUSTED" not in str(err):
         raise
@@ -288,7 +306,8 @@ def fit(params, tx, step, n_train: int, config, evaluate, recipe: str):
       raise StepOutOfMemory(
           f"SDTP decoder training ({recipe} recipe), step {i + 1} with "
           f"config.train.batch_size={tc.batch_size}: {str(err).splitlines()[0]} No "
-          "predictors were written; lower config.train.batch_size.") from err
+          "predictors were written; lower config.train.batch_size (and raise "
+          "config.train.accumulate to keep the windows per update).") from err
     if not math.isfinite(loss):
       bar.close()
       raise NonFiniteLoss(
@@ -327,7 +346,7 @@ def train_predictors(hiddens, targets, prunable, schedule, config, cfg, init=Non
   train_h, train_t = hiddens[:, :-held], targets[:, :-held]
   val_h, val_t = hiddens[:, -held:], targets[:, -held:]
   params = _initial(init, cfg, schedule, config)
-  tx = optax.adam(tc.learning_rate)
+  tx = optimiser(config)
   mask = jnp.broadcast_to(jnp.asarray(prunable), (tc.batch_size, prunable.shape[0]))
 
   def loss_fn(p, h, t):
@@ -505,7 +524,7 @@ def train_pruned(model_params, windows, targets, hiddens, schedule, config, cfg,
   held = tc.holdout_windows
   span = tail_span(windows.shape[1], schedule, config.saliency.target_last)
   params = _initial(init, cfg, schedule, config)
-  tx = optax.adam(tc.learning_rate)
+  tx = optimiser(config)
   update = pruned_step(tx, schedule, span, config, cfg)
   key = jax.random.PRNGKey(config.seed)
   tail = jax.jit(lambda mp, ids: teacher_tail(cfg, mp, ids, span))
