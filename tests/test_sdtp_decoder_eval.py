@@ -232,9 +232,9 @@ def test_items_are_held_out_independent_and_where_they_claim():
     assert tok.decode(p.target) == " " + p.info["key"]
 
 
-def _benchmark():
+def _benchmark(name="sdtp_decoder_quality"):
   spec = importlib.util.spec_from_file_location(
-      "sdtp_decoder_quality", os.path.join(_ROOT, "benchmarks", "sdtp_decoder_quality.py"))
+      name, os.path.join(_ROOT, "benchmarks", f"{name}.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
@@ -318,3 +318,36 @@ def test_extra_predictors_are_systems_of_their_own(tmp_path):
   assert "minus_other" in data["summary"]["documents"]["320"]["systems"]["sdtp"]
   with pytest.raises(SystemExit, match="not name:workdir"):
     bench.main(["--smoke", f"--out={out}", "--extra_predictors=recency:somewhere"])
+
+
+def test_find_span_locates_the_needle():
+  assert sdtp_eval.find_span([5, 1, 2, 3, 1, 2], [1, 2]) == (1, 3)
+  with pytest.raises(ValueError):
+    sdtp_eval.find_span([5, 1, 2], [2, 1])
+
+
+def test_kept_profile_says_where_each_pruner_keeps_tokens(tmp_path):
+  """benchmarks/sdtp_decoder_kept.py --smoke: recency's kept share per fifth is exactly
+  the first keep_first tokens plus the most recent ones; every system's fifths add up
+  to the last stage's kept count; the table comes from the file."""
+  out = tmp_path / "kept.json"
+  data = _benchmark("sdtp_decoder_kept").main(["--smoke", f"--out={out}"])
+  assert result_files.kind_of(json.loads(out.read_text())) == "sdtp_decoder_kept"
+  schedule = data["schedule"]
+  n = 320
+  kept = int(sdtp_decoder.kept_count(np.array([n]), schedule["keep"][-1],
+                                     schedule["keep_first"], schedule["keep_last"])[0])
+  alive = np.zeros(n, bool)
+  alive[:schedule["keep_first"]] = True
+  alive[n - (kept - schedule["keep_first"]):] = True
+  expected = [alive[i * 64:(i + 1) * 64].mean() for i in range(5)]
+  rows = [r for r in data["items"] if r["task"] == "documents"]
+  assert rows
+  for row in rows:
+    np.testing.assert_allclose(row["systems"]["recency"]["fifths"], expected)
+    for shares in row["systems"].values():
+      assert round(64 * sum(shares["fifths"])) == kept
+  needles = [r["systems"]["sdtp"]["needle"] for r in data["items"] if r["task"] == "passkey"]
+  assert needles and all(len(v) == len(schedule["layers"]) for v in needles)
+  table = tables.table_for("kept.json", data)
+  assert "fifth 5 kept at layer 4" in table and "needle at layer 2" in table

@@ -287,6 +287,31 @@ def top1_agreement(full_logits, pruned_logits) -> np.ndarray:
   return (np.argmax(full_logits, -1) == np.argmax(pruned_logits, -1)).astype(np.float32)
 
 
+def kept_shares(result: sdtp_decoder.PrefillResult, layers: Sequence[int],
+                spans: Sequence[tuple[int, int]]) -> np.ndarray:
+  """<float64>[len(layers), len(spans)]: the share of each prompt span [start, end) of
+  positions whose tokens enter each of `layers` (the batch's first row): where in the
+  prompt a pruner keeps its tokens."""
+  out = np.zeros((len(layers), len(spans)))
+  for i, layer in enumerate(layers):
+    alive = np.asarray(result.positions[layer])[0][np.asarray(result.valid[layer])[0]]
+    for j, (start, end) in enumerate(spans):
+      out[i, j] = np.count_nonzero((alive >= start) & (alive < end)) / (end - start)
+  return out
+
+
+def find_span(ids: Sequence[int], part: Sequence[int]) -> tuple[int, int]:
+  """[start, end) of the first occurrence of `part` in `ids`.
+
+  Raises:
+    ValueError: if `part` does not occur."""
+  ids, part = list(ids), list(part)
+  for start in range(len(ids) - len(part) + 1):
+    if ids[start:start + len(part)] == part:
+      return start, start + len(part)
+  raise ValueError("the span's tokens do not occur in the prompt.")
+
+
 def bootstrap_interval(values, groups=None, confidence: float = 0.95,
                        resamples: int = 10000, seed: int = 0) -> Optional[dict]:
   """Mean and percentile bootstrap interval, resampling groups with replacement.

@@ -14,6 +14,7 @@ Each file's kind is told by a key only that kind has (`kind_of`):
   sdtp_decoder_eval      `benchmarks/sdtp_decoder_quality.py` ("bootstrap");
   sdtp_decoder_speed     `benchmarks/sdtp_decoder_speed.py` ("schedule" and "summary");
   sdtp_decoder_training  `benchmarks/sdtp_decoder_training.py` ("topk_agreement");
+  sdtp_decoder_kept      `benchmarks/sdtp_decoder_kept.py` ("kept_profile");
   engine_designs         `benchmarks/engine_designs.py` ("best_ms");
   train_speed            `benchmarks/train_speed.py` ("checkouts");
   fresh_clone            `benchmarks/fresh_clone.sh`: make run/test timed ("install_s");
@@ -195,6 +196,7 @@ def kind_of(data) -> str:
                     ("decoder_speed", "decode_prompt_tokens"),
                     ("sdtp_decoder_eval", "bootstrap"),
                     ("sdtp_decoder_training", "topk_agreement"),
+                    ("sdtp_decoder_kept", "kept_profile"),
                     ("engine_designs", "best_ms"), ("train_speed", "checkouts"),
                     ("train_speed", "dtypes"), ("precision_dots", "matrix_flags"),
                     ("precision_quality", "precision_quality"),

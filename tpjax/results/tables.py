@@ -15,7 +15,8 @@ The file's kind (`files.kind_of`, told by a key only that kind has) picks the ta
              speed target of docs/benchmarks.md with its measured median;
   ratios     one trained SDTP run at other keep ratios (accuracy, F1, tokens pruned);
   rules      one ToP run's weights under both inference rules;
-  decoder_speed, sdtp_decoder_speed, sdtp_decoder_training, engine_designs,
+  decoder_speed, sdtp_decoder_speed, sdtp_decoder_training, sdtp_decoder_kept,
+  engine_designs,
   train_speed  one table each, from the script of the same name;
   fresh_clone  `make run` / `make test` timed on a fresh clone, and make run's stages;
   sdtp_decoder_eval  `benchmarks/sdtp_decoder_quality.py`: per task, every
@@ -466,6 +467,30 @@ def sdtp_decoder_training_table(data: dict) -> str:
   return _table(header, rows)
 
 
+def sdtp_decoder_kept_table(data: dict) -> str:
+  """Where each pruner keeps tokens: per fifth of a document at the last stage, and the
+  passkey needle's share entering each stage."""
+  profile, layers = data["kept_profile"], data["schedule"]["layers"]
+  out = []
+  if "documents" in profile:
+    rows = [[length, str(cell["items"]), name] + [f"{v:.2f}" for v in shares["fifths"]]
+            for length, cell in profile["documents"].items()
+            for name, shares in cell["systems"].items()]
+    out.append(_table(["prompt tokens", "docs", "system"]
+                       + [f"fifth {i + 1} kept at layer {layers[-1]}" for i in range(5)],
+                       rows))
+  if "passkey" in profile:
+    rows = []
+    for key, cell in profile["passkey"].items():
+      length, depth = key.split("/")
+      rows += [[length, f"{100 * float(depth):.0f}%", str(cell["items"]), name]
+               + [f"{v:.2f}" for v in shares["needle"]]
+               for name, shares in cell["systems"].items()]
+    out.append(_table(["prompt tokens", "key depth", "haystacks", "system"]
+                      + [f"needle at layer {l}" for l in layers], rows))
+  return "\n\n".join(out)
+
+
 def sdtp_decoder_speed_table(data: dict) -> str:
   """Time to first token of the full and the SDTP-pruned prefill, per length."""
   rows = []
@@ -701,6 +726,7 @@ _TABLES = {"precision_dots": precision_dots_table, "fresh_clone": fresh_clone_ta
            "decoder_speed": decoder_speed_table,
            "sdtp_decoder_eval": sdtp_decoder_eval_table,
            "sdtp_decoder_training": sdtp_decoder_training_table,
+           "sdtp_decoder_kept": sdtp_decoder_kept_table,
            "sdtp_decoder_speed": sdtp_decoder_speed_table,
            "engine_designs": engine_designs_table, "train_speed": train_speed_table}
 
