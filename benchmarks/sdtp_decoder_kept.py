@@ -12,7 +12,6 @@ the first `--docs` documents and `--passkey` haystacks of its item lists), prefi
   layers cannot retrieve the key.
 """
 
-import json
 import os
 import sys
 import time

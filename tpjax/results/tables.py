@@ -16,8 +16,7 @@ The file's kind (`files.kind_of`, told by a key only that kind has) picks the ta
   ratios     one trained SDTP run at other keep ratios (accuracy, F1, tokens pruned);
   rules      one ToP run's weights under both inference rules;
   decoder_speed, sdtp_decoder_speed, sdtp_decoder_training, sdtp_decoder_kept,
-  engine_designs,
-  train_speed  one table each, from the script of the same name;
+  engine_designs, train_speed  one table each, from the script of the same name;
   fresh_clone  `make run` / `make test` timed on a fresh clone, and make run's stages;
   sdtp_decoder_eval  `benchmarks/sdtp_decoder_quality.py`: per task, every
              system's metrics with 95% bootstrap intervals;
