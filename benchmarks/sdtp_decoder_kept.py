@@ -18,13 +18,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 import sdtp_decoder_quality as quality  # pylint: disable=g-import-not-at-top
 from tpjax.data import squad_docs  # pylint: disable=g-import-not-at-top
 from tpjax.inference import sdtp_eval  # pylint: disable=g-import-not-at-top
-from tpjax.pruning import sdtp_decoder  # pylint: disable=g-import-not-at-top
 from tpjax.results import tables  # pylint: disable=g-import-not-at-top
 
 DEFAULTS = ["--tasks=documents,passkey", "--out=benchmarks/results/sdtp_decoder_kept.json"]
@@ -74,16 +72,13 @@ def main(argv=None) -> dict:
   del engines["full"]  # keeps everything
   items = [item for item in quality.items_for(args, tokenizer, evaluation)
            if item.task in ("documents", "passkey")]
-  saliency = sdtp_eval.oracle_saliency(model.config, schedule, schedule.keep_last,
-                                       sdtp_decoder.saliency_target(
-                                           meta.get("config", {})))
+  prepare = quality.oracle_prepare(args, model, params, schedule, meta)
   start, rows = time.time(), []
   for item in items:
     row = {"task": item.task, "length": item.length, "group": item.group,
            "depth": item.info.get("depth"), "systems": {}}
     for name, engine in engines.items():
-      if name == "oracle":
-        engine.score_params = saliency(params, jnp.asarray([item.prompt], jnp.int32))
+      prepare(name, engine, item)
       row["systems"][name] = item_shares(engine, item, schedule, tokenizer)
     rows.append(row)
     print(f"[{time.time() - start:5.0f}s] {item.task} {item.length} {item.group}",

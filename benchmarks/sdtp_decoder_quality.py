@@ -41,6 +41,7 @@ import json
 import os
 import sys
 import time
+from typing import Callable
 
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_use_xnnpack=true")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -194,6 +195,23 @@ def engines_for(args, model, params, predictors, schedule, extra=None) -> dict:
   return {name: make[name]() for name in systems}
 
 
+def oracle_prepare(args, model, params, schedule, meta) -> Callable:
+  """`prepare(name, engine, item)` before each prefill: the oracle's scores become the
+  prompt's true saliency (--oracle_target, by default the predictors' training target,
+  which is written into args for the record; --oracle_target_last)."""
+  if args.oracle_target is None:
+    args.oracle_target = sdtp_decoder.saliency_target(meta.get("config", {}))
+  saliency = sdtp_eval.oracle_saliency(
+      model.config, schedule,
+      schedule.keep_last if args.oracle_target_last is None else args.oracle_target_last,
+      args.oracle_target)
+
+  def prepare(name, engine, item):
+    if name == "oracle":
+      engine.score_params = saliency(params, jnp.asarray([item.prompt], jnp.int32))
+  return prepare
+
+
 def items_for(args, tokenizer, evaluation) -> list:
   """Every task's items, round-robin over tasks and lengths."""
   lengths = [int(n) for n in args.lengths.split(",")]
@@ -232,7 +250,6 @@ def main(argv=None) -> dict:
 
   model, params, tokenizer, predictors, schedule, meta = load(args)
   train_titles = meta.get("train_articles", [])
-  target = sdtp_decoder.saliency_target(meta.get("config", {}))
   predictors_hash = meta["sha256"]
   train, evaluation = squad_docs.split(squad_docs.load_articles(args.squad_path))
   overlap = sorted(set(train_titles) & {a.title for a in evaluation})
@@ -241,17 +258,7 @@ def main(argv=None) -> dict:
   extra = extra_predictors(args, model.config)
   engines = engines_for(args, model, params, predictors, schedule, extra)
   items = items_for(args, tokenizer, evaluation)
-  if args.oracle_target is None:
-    args.oracle_target = target
-  saliency = sdtp_eval.oracle_saliency(
-      model.config, schedule,
-      schedule.keep_last if args.oracle_target_last is None else args.oracle_target_last,
-      args.oracle_target)
-
-  def prepare(name, engine, item):
-    if name == "oracle":
-      engine.score_params = saliency(params, jnp.asarray([item.prompt], jnp.int32))
-
+  prepare = oracle_prepare(args, model, params, schedule, meta)
   lengths = sorted({item.length for item in items})
   results = {
       "command": _command(argv),

@@ -102,7 +102,7 @@ def config_problems(config) -> list[str]:
                  f"({' or '.join(sdtp_decoder.SALIENCY_TARGETS)})")
   need(count(tc.steps), "steps", "an integer of at least 1")
   need(count(tc.batch_size), "batch_size", "an integer of at least 1")
-  need(count(tc.get("accumulate", 1)), "accumulate", "an integer of at least 1")
+  need(count(accumulate(config)), "accumulate", "an integer of at least 1")
   need(count(tc.holdout_windows) and (not count(config.saliency.max_windows) or
                                       tc.holdout_windows < config.saliency.max_windows),
        "holdout_windows", "at least 1 and fewer than config.saliency.max_windows")
@@ -246,11 +246,16 @@ def topk_agreement(score_params, hiddens, targets, prunable, schedule) -> list[f
   return out
 
 
+def accumulate(config) -> int:
+  """Micro-batches per Adam update (config.train.accumulate; configs without it: 1)."""
+  return config.train.get("accumulate", 1)
+
+
 def optimiser(config) -> optax.GradientTransformation:
   """Adam at config.train.learning_rate; with train.accumulate = k > 1 it averages the
   gradients of k consecutive micro-batches and updates once (optax.MultiSteps)."""
   tx = optax.adam(config.train.learning_rate)
-  k = config.train.get("accumulate", 1)
+  k = accumulate(config)
   return optax.MultiSteps(tx, every_k_schedule=k).gradient_transformation() if k > 1 else tx
 
 
@@ -290,7 +295,7 @@ def fit(params, tx, step, n_train: int, config, evaluate, recipe: str):
   rng = np.random.RandomState(config.seed)
   bar = tqdm.tqdm(total=tc.steps, desc=recipe, unit="step", dynamic_ncols=True,
                   disable=not tc.get("progress_bar", False))
-  k = tc.get("accumulate", 1)
+  k = accumulate(config)
   for i in range(tc.steps):
     picks = rng.choice(n_train, tc.batch_size * k, replace=n_train < tc.batch_size * k)
     try:
