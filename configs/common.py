@@ -121,7 +121,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.pruning.top_warmup = 0.3         # stage fraction: target ramp from 0, rank decay
   config.pruning.top_bins = 25
   config.pruning.top_rank_k = 20          # teacher's top-K tokens in the ranking loss
-  # 'reference' trains as the ToP code does, 'tpjax' as tpjax did before issue 24; each
+  # 'reference' trains as the ToP code does, 'tpjax' as tpjax's first version did; each
   # choice below left None takes the variant's value (tpjax/pruning/top.py), and so do
   # stage_settings.soft.warmup_ratio and weight_decay (reference 0 and 0).
   config.pruning.top_variant = "reference"          # reference | tpjax

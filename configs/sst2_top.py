@@ -15,7 +15,7 @@ layer gate binarised with a straight-through estimator, masks multiplying the pr
 location's binary decision, ranking weight 1e-2 on scores over heads x batch length,
 expected sparsity as a mean of per-example ratios, model lr 1e-5 with no warm-up and no
 weight decay, layer 0 never pruning. `--config.pruning.top_variant=tpjax` trains as
-tpjax did before issue 24 (and model lr 2e-5 with
+tpjax's first version did (and model lr 2e-5 with
 `--config.stage_settings.soft.learning_rate=2e-5`).
 """
 
@@ -35,8 +35,9 @@ def get_config():
   # gates and multipliers; the reference uses 0.02 over 40 epochs, too slow to settle
   # within the half epoch measured here
   config.stage_settings.soft.pruning_learning_rate = 0.05
-  # Hand over (and let inference load) the most accurate dev checkpoint whose relative
-  # FLOPs are within 0.03 of the target's 1 - t; change it with top_target.
+  # Hand over (and let inference load) the checkpoint most accurate on the held-out
+  # selection slice whose relative FLOPs are within 0.03 of the target's 1 - t; change
+  # it with top_target.
   config.stage_settings.soft.handover = "best"
   config.stage_settings.soft.flops_budget = "0.53"
   config.train.eval_every_steps = 200

@@ -64,6 +64,19 @@ def test_headline_table_is_in_readme():
   assert "<!-- report:headline.json -->" in _readme()
 
 
+def test_a_headline_row_can_name_the_curve_file_its_run_is_read_from():
+  def curve(accuracy):
+    return {"baseline": {"workdir": "runs/base", "accuracy": 0.9,
+                         "tokens_kept_per_layer": [1.0]},
+            "ltp": [{"workdir": "runs/same_name", "method": "ltp", "reg_lambda": 0.1,
+                     "accuracy": accuracy, "relative_flops": 0.5}]}
+  measured = {"sst2_a.json": curve(0.8), "sst2_b.json": curve(0.85)}
+  row = {"task": "SST-2", "method": "LTP", "run": "same_name"}
+  assert "| 10.00 |" in tables.headline_table({"headline": [row]}, measured)
+  named = tables.headline_table({"headline": [dict(row, curve="sst2_b.json")]}, measured)
+  assert "| 5.00 |" in named
+
+
 def test_readme_links_resolve_and_reach_every_docs_page():
   text = _readme()
   links = set(re.findall(r"\]\(([^)#]+)\)", text))

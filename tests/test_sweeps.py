@@ -265,7 +265,7 @@ def _summary(task, init_from, slice_acc, slice_flops, dev_acc, dev_flops, chosen
   return {"task": task, "method": "ltp" if init_from else "none",
           "dev": {"validation": {"accuracy": dev_acc, "relative_flops": dev_flops,
                                  "tokens_kept_per_layer": [1.0]}},
-          "selection": record, "stages": {"soft": {"epochs": 1.0}},
+          "selection": record, "stages": {"soft": {"epochs": 1.0}, "hard": {"epochs": 1.0}},
           "wall_time_s": 10.0,
           "config": {"init_from": init_from, "pruning": {"reg_lambda": lam}}}
 
@@ -302,6 +302,31 @@ def test_curve_keeps_the_run_the_slice_prefers_per_level(learned_runs):
   every = curves.collect("sst2", {"ltp": list(runs.values())}, results_dir=results)
   assert [p["reg_lambda"] for p in every["ltp"]] == [1, 2, 3]  # no levels: no choice
   assert "Chosen on the held-out selection slice (100 of 1000" in tables.curve_table(curve)
+
+
+def test_curve_shows_each_runs_slice_evaluations_stage_by_stage(learned_runs):
+  base, runs, results = learned_runs
+  evals = {"soft": [(5, 0.5, 0.8), (10, 0.75, 0.7)], "hard": [(0, 0.75, 0.7), (5, 0.625, 0.72)]}
+  for stage, rows in evals.items():
+    os.makedirs(os.path.join(runs["a"], stage))
+    with open(os.path.join(runs["a"], stage, "metrics.jsonl"), "w") as f:
+      f.write(json.dumps({"step": 4, "split": "train", "loss": 1.0}) + "\n")
+      for step, acc, flops in rows:
+        f.write(json.dumps({"step": step, "split": f"eval_{SPLIT}", "accuracy": acc,
+                            "relative_flops": flops}) + "\n")
+        f.write(json.dumps({"step": step, "split": "eval_validation", "accuracy": 0.0,
+                            "relative_flops": flops}) + "\n")
+  curve = curves.collect("sst2", {"ltp": [runs["a"], runs["b"]]}, results_dir=results)
+  # the summary's stage order (soft, then hard), the slice only, dev never
+  assert curve["ltp"][0]["slice_curve"] == [["soft", 5, 0.5, 0.8], ["soft", 10, 0.75, 0.7],
+                                           ["hard", 0, 0.75, 0.7], ["hard", 5, 0.625, 0.72]]
+  assert curve["ltp"][1]["slice_curve"] == []  # no metrics files: no curve, no error
+  text = tables.curve_table(curve)
+  assert ("| LTP λ=1 | soft 5: 50.00 / 0.800, soft 10: 75.00 / 0.700, hard 0: 75.00 / "
+          "0.700, hard 5: 62.50 / 0.720 |") in text
+  assert "| LTP λ=2 |" in text.split("held-out slice per evaluation")[0]  # main table only
+  assert "| slice accuracy / FLOPs | dev accuracy | drop |" in text
+  assert "| 88.00 / 0.600 | 80.00 |" in text
 
 
 def test_curve_refuses_dev_choices_and_other_baselines(learned_runs):

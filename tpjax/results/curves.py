@@ -46,7 +46,8 @@ def run_point(workdir: str, summary: Optional[dict] = None) -> dict:
     {'workdir', 'method', the first dev split's metrics ('accuracy', the task's
     metric, 'relative_flops', 'tokens_kept_per_layer'), the SETTINGS of its config,
     'selected_on', 'selection' (its metrics on the slice that chose its checkpoint),
-    'slice' (the slice record), 'init_from', 'epochs' (per stage), 'wall_time_s'}.
+    'slice' (the slice record), 'init_from', 'epochs' (per stage), 'wall_time_s',
+    'slice_curve' (`stage_curve`)}.
   """
   summary = summary or read_summary(workdir)
   task = summary["task"]
@@ -65,7 +66,8 @@ def run_point(workdir: str, summary: Optional[dict] = None) -> dict:
            "slice": {k: record[k] for k in _SLICE if k in record},
            "init_from": summary["config"].get("init_from", ""),
            "epochs": {name: stage["epochs"] for name, stage in summary["stages"].items()},
-           "wall_time_s": round(summary["wall_time_s"])}
+           "wall_time_s": round(summary["wall_time_s"]),
+           "slice_curve": stage_curve(workdir, info.metric, summary["stages"])}
   return point
 
 
@@ -213,10 +215,23 @@ def collect(task: str, runs: dict, top_rules=(), sweeps=(), sdtp=(), levels=None
 def slice_curve(workdir: str, metric: str) -> list:
   """[[step, metric], ...] of every held-out slice evaluation of the fine-tune, so the
   entry shows whether the metric had stopped rising."""
-  path = os.path.join(workdir, "finetune", "metrics.jsonl")
-  with open(path) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
-  return [[r["step"], r[metric]] for r in rows if r.get("split") == f"eval_{selection.SPLIT}"]
+  return [[step, value] for _, step, value, _ in stage_curve(workdir, metric, ("finetune",))]
+
+
+def stage_curve(workdir: str, metric: str, stages) -> list:
+  """[[stage, step, metric, relative FLOPs], ...]: every held-out slice evaluation of
+  each of `stages` in turn (a stage without a metrics file is skipped), so a curve
+  shows whether the selected run had stopped improving."""
+  curve = []
+  for stage in stages:
+    path = os.path.join(workdir, stage, "metrics.jsonl")
+    if not os.path.exists(path):
+      continue
+    with open(path) as f:
+      rows = [json.loads(line) for line in f if line.strip()]
+    curve += [[stage, r["step"], r[metric], r["relative_flops"]] for r in rows
+              if r.get("split") == f"eval_{selection.SPLIT}"]
+  return curve
 
 
 def load_average(path: str) -> dict:

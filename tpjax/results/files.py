@@ -18,7 +18,8 @@ Each file's kind is told by a key only that kind has (`kind_of`):
   engine_designs         `benchmarks/engine_designs.py` ("best_ms");
   train_speed            `benchmarks/train_speed.py` ("checkouts");
   fresh_clone            `benchmarks/fresh_clone.sh`: make run/test timed ("install_s");
-  headline   not a measurement: the runs README's headline table shows ("headline");
+  headline   not a measurement: the runs README's headline table shows ("headline"),
+             each by run name and, where two curve files hold that name, its "curve";
   baselines  not a measurement: the one baseline run of each task ("baselines"), which
              every curve, table and plot of the task compares against (`task_baseline`).
 Files written since the held-out selection slice record `selected_on: 'selection'` and

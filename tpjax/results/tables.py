@@ -9,7 +9,9 @@ comments naming its file in benchmarks/results/:
 
 The file's kind (`files.kind_of`, told by a key only that kind has) picks the table:
   curve      trained runs: accuracy, drop, FLOPs, tokens kept per layer; with the hard
-             stage's FLOPs budget when the runs record their soft stage's end;
+             stage's FLOPs budget when the runs record their soft stage's end; chosen
+             on the slice: the slice metric, dev F1 (MRPC) and each run's slice
+             evaluations too;
   sweep      training-free pruning of one run over a grid of settings;
   inference  throughput and latency per system, the per-round speed ratios, then each
              speed target of docs/benchmarks.md with its measured median;
@@ -126,28 +128,55 @@ def _levels(p: dict) -> str:
 
 
 def curve_table(data: dict, name: str = "", measured: dict = None) -> str:
-  """Every trained run of a curve file against the unpruned run they started from."""
+  """Every trained run of a curve file against the unpruned run they started from.
+
+  A file chosen on the held-out slice also shows each row's slice metric and FLOPs,
+  dev's value of a task metric other than accuracy (MRPC: F1), and each run's slice
+  evaluations in a second table."""
   base = data["baseline"]
-  rows = [[_baseline_label(base) + _other_baseline(name, data, measured or {}),
-           _pct(base["accuracy"]), "-", "1.000",
-           _fractions(base["tokens_kept_per_layer"])]]
+  on_slice = result_files.selected_on(data) == selection.SPLIT
+  metric = data.get("metric", "accuracy")
+  dev_metric = on_slice and metric != "accuracy"
+
+  def row(label, p, drop):
+    cells = [label] + ([_slice_cell(p, metric)] if on_slice else []) + [_pct(p["accuracy"])]
+    cells += [_pct(p[metric]) if metric in p else "-"] if dev_metric else []
+    return cells + [drop, f"{p['relative_flops']:.3f}", _fractions(p["tokens_kept_per_layer"])]
+
+  rows = [row(_baseline_label(base) + _other_baseline(name, data, measured or {}), base,
+              "-")]
   for series, runs in result_files.curve_runs(data):
     for p in sorted(runs, key=lambda p: p["relative_flops"], reverse=True):
-      rows.append([f"{series} {result_files.setting_label(p)}".strip() + _levels(p),
-                   _pct(p["accuracy"]),
-                   _pct(base["accuracy"] - p["accuracy"]), f"{p['relative_flops']:.3f}",
-                   _fractions(p["tokens_kept_per_layer"])])
+      rows.append(row(f"{series} {result_files.setting_label(p)}".strip() + _levels(p), p,
+                      _pct(base["accuracy"] - p["accuracy"])))
   for key in ("topk_training_free", "threshold_training_free"):
-    if result_files.selected_on(data) != selection.SPLIT:
+    if not on_slice:
       break  # older files copy a sweep file's rows; its own table shows them
     for p in data.get(key) or []:
-      rows.append([f"{p['method']}, training-free {result_files.setting_label(p)}"
-                   + _full_layers(p) + _levels(p), _pct(p["accuracy"]),
-                   _pct(base["accuracy"] - p["accuracy"]), f"{p['relative_flops']:.3f}",
-                   _fractions(p["tokens_kept_per_layer"])])
-  return (_table(["model", "dev accuracy", "drop", "relative FLOPs",
-                  "tokens kept per layer (fraction of real)"], rows) + _budget_table(data)
+      rows.append(row(f"{p['method']}, training-free {result_files.setting_label(p)}"
+                      + _full_layers(p) + _levels(p), p,
+                      _pct(base["accuracy"] - p["accuracy"])))
+  header = (["model"] + ([f"slice {metric} / FLOPs"] if on_slice else []) + ["dev accuracy"]
+            + ([f"dev {metric}"] if dev_metric else [])
+            + ["drop", "relative FLOPs", "tokens kept per layer (fraction of real)"])
+  return (_table(header, rows) + _budget_table(data) + _stage_curve_table(data, metric)
           + _chosen_note(data))
+
+
+def _stage_curve_table(data: dict, metric: str) -> str:
+  """Each learned run's held-out slice evaluations, stage by stage: whether its
+  metric had stopped rising when the run ended."""
+  rows = []
+  for series, runs in result_files.curve_runs(data):
+    for p in sorted(runs, key=lambda p: p["relative_flops"], reverse=True):
+      if p.get("slice_curve"):
+        rows.append([f"{series} {result_files.setting_label(p)}".strip(), ", ".join(
+            f"{stage} {step}: {_pct(value)} / {flops:.3f}"
+            for stage, step, value, flops in p["slice_curve"])])
+  if not rows:
+    return ""
+  return "\n" + _table(["run", f"held-out slice per evaluation (stage step: {metric} / "
+                               "relative FLOPs)"], rows)
 
 
 def _full_layers(row: dict) -> str:
@@ -622,13 +651,13 @@ def _task_key(display: str) -> str:
               display.lower())
 
 
-def _find_run(measured: dict, run: str, setting: dict, task: str = ""):
-  """(run point, its curve file) from the first curve file of `task` holding run
-  `run` and measured against the task's baseline (any curve file when the task
-  names none)."""
+def _find_run(measured: dict, run: str, setting: dict, task: str = "", curve: str = ""):
+  """(run point, its curve file) from curve file `curve` if named, else the first
+  curve file of `task` holding run `run` and measured against the task's baseline
+  (any curve file when the task names none)."""
   entry = _baselines(measured).get(task)
   for name, data in measured.items():
-    if not result_files.is_curve(data) or (
+    if not result_files.is_curve(data) or (curve and name != curve) or (
         entry and not (result_files.task_of(name, data) == task
                        and result_files.uses_baseline(data, entry))):
       continue
@@ -645,7 +674,7 @@ def headline_table(data: dict, measured: dict) -> str:
   rows = []
   for entry in data["headline"]:
     point, curve = _find_run(measured, entry["run"], entry.get("setting", {}),
-                             _task_key(entry["task"]))
+                             _task_key(entry["task"]), entry.get("curve", ""))
     base = curve["baseline"] if curve else None
     bench = next((b for b in measured.values() if result_files.is_inference(b)
                   and os.path.basename(os.path.normpath(b["workdir"])) == entry["run"]),
