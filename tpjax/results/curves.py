@@ -212,12 +212,6 @@ def collect(task: str, runs: dict, top_rules=(), sweeps=(), sdtp=(), levels=None
   return result
 
 
-def slice_curve(workdir: str, metric: str) -> list:
-  """[[step, metric], ...] of every held-out slice evaluation of the fine-tune, so the
-  entry shows whether the metric had stopped rising."""
-  return [[step, value] for _, step, value, _ in stage_curve(workdir, metric, ("finetune",))]
-
-
 def stage_curve(workdir: str, metric: str, stages) -> list:
   """[[stage, step, metric, relative FLOPs], ...]: every held-out slice evaluation of
   each of `stages` in turn (a stage without a metrics file is skipped), so a curve
@@ -268,7 +262,9 @@ def baseline_entry(task: str, workdir: str, command: str, epochs=None, load_log=
            "accuracy": point["accuracy"], "relative_flops": point["relative_flops"],
            "tokens_kept_per_layer": point["tokens_kept_per_layer"],
            "wall_time_s": point["wall_time_s"], "command": command,
-           "slice_curve": slice_curve(workdir, metric)}
+           # the fine-tune's slice evaluations: whether the metric had stopped rising
+           "slice_curve": [[step, value] for stage, step, value, _ in point["slice_curve"]
+                           if stage == "finetune"]}
   if metric != "accuracy":
     entry[metric] = point[metric]
   if load_log:

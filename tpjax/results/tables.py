@@ -96,6 +96,18 @@ def _chosen_note(data: dict) -> str:
           "dev evaluated once, at the choice.\n")
 
 
+def _run_label(series: str, p: dict) -> str:
+  """'LTP λ=0.05': a learned run's series and setting."""
+  return f"{series} {result_files.setting_label(p)}".strip()
+
+
+def _runs_by_flops(data: dict):
+  """(series, run point) of a curve file's learned runs, most FLOPs first per series."""
+  for series, runs in result_files.curve_runs(data):
+    for p in sorted(runs, key=lambda p: p["relative_flops"], reverse=True):
+      yield series, p
+
+
 def _budget_table(data: dict) -> str:
   """Soft stage's end against what the hard stage handed over, per LTP run."""
   rows = []
@@ -104,7 +116,7 @@ def _budget_table(data: dict) -> str:
       if "soft_accuracy" not in p:
         continue
       wall = p.get("wall_time_s", {})
-      rows.append([f"{series} {result_files.setting_label(p)}".strip(),
+      rows.append([_run_label(series, p),
                    f"{_pct(p['soft_accuracy'])} / {p['soft_relative_flops']:.3f}",
                    f"{_pct(p['accuracy'])} / {p['relative_flops']:.3f} "
                    f"(drift {p.get('flops_drift', 0):+.3f})",
@@ -145,10 +157,9 @@ def curve_table(data: dict, name: str = "", measured: dict = None) -> str:
 
   rows = [row(_baseline_label(base) + _other_baseline(name, data, measured or {}), base,
               "-")]
-  for series, runs in result_files.curve_runs(data):
-    for p in sorted(runs, key=lambda p: p["relative_flops"], reverse=True):
-      rows.append(row(f"{series} {result_files.setting_label(p)}".strip() + _levels(p), p,
-                      _pct(base["accuracy"] - p["accuracy"])))
+  for series, p in _runs_by_flops(data):
+    rows.append(row(_run_label(series, p) + _levels(p), p,
+                    _pct(base["accuracy"] - p["accuracy"])))
   for key in ("topk_training_free", "threshold_training_free"):
     if not on_slice:
       break  # older files copy a sweep file's rows; its own table shows them
@@ -166,13 +177,10 @@ def curve_table(data: dict, name: str = "", measured: dict = None) -> str:
 def _stage_curve_table(data: dict, metric: str) -> str:
   """Each learned run's held-out slice evaluations, stage by stage: whether its
   metric had stopped rising when the run ended."""
-  rows = []
-  for series, runs in result_files.curve_runs(data):
-    for p in sorted(runs, key=lambda p: p["relative_flops"], reverse=True):
-      if p.get("slice_curve"):
-        rows.append([f"{series} {result_files.setting_label(p)}".strip(), ", ".join(
-            f"{stage} {step}: {_pct(value)} / {flops:.3f}"
-            for stage, step, value, flops in p["slice_curve"])])
+  rows = [[_run_label(series, p), ", ".join(
+      f"{stage} {step}: {_pct(value)} / {flops:.3f}"
+      for stage, step, value, flops in p["slice_curve"])]
+          for series, p in _runs_by_flops(data) if p.get("slice_curve")]
   if not rows:
     return ""
   return "\n" + _table(["run", f"held-out slice per evaluation (stage step: {metric} / "
