@@ -4,7 +4,7 @@ The stages and the reference training choices are those of configs/sst2_top.py. 
 curve's runs skip the fine-tune and start from the task's one baseline (10 epochs, as
 the ToP reference fine-tunes MRPC), with the FLOPs budget set from each target:
 
-    TASK=mrpc benchmarks/top_sweep.sh 0.65 0.6 0.5 0.4
+    TASK=mrpc benchmarks/top_sweep.sh 0.65 0.6 0.5 0.3
 
 The soft stage is long (10 epochs, the target ramped over the first 2.5) because the
 Lagrange multipliers need that long to stop overshooting the target; 4 epochs left

@@ -318,8 +318,8 @@ def test_compacted_equals_masked(tiny_top):
 
 
 def test_reference_variant_is_the_default_and_complete_records_it():
-  from configs import mrpc_top, sst2_top  # pylint: disable=import-outside-toplevel
-  for module in (sst2_top, mrpc_top):
+  from configs import mrpc_top, rte_top, sst2_top  # pylint: disable=import-outside-toplevel
+  for module in (sst2_top, mrpc_top, rte_top):
     config = module.get_config()
     registry.complete_config(config)
     pruning, soft = config.pruning, config.stage_settings.soft
