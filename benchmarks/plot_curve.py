@@ -62,23 +62,24 @@ def plot(result: dict, path: str) -> None:
     label += ", not the task's baseline"
   ax.axhline(100 * base["accuracy"], color="gray", ls="--", lw=1, label=label)
   ax.axhline(100 * base["accuracy"] - 1, color="gray", ls=":", lw=1, label="unpruned - 1")
-  series = [("ltp", "LTP (soft + hard)", "o-", "C0"),
-            ("top", "ToP (gates + distillation)", "D-", "C3"),
-            ("sdtp", "SDTP (saliency-trained modules)", "v-", "C4"),
-            ("topk_finetuned", "top-k (hard fine-tune)", "s", "C1"),
-            ("topk_training_free", "top-k (training-free)", "^--", "C2"),
-            ("threshold_training_free", "thresholds (training-free)", "x--", "C5")]
-  for key, label, style, color in series:
+  below, above = (4, -10), (4, 4)  # the two training-free series often share a point
+  series = [("ltp", "LTP (soft + hard)", "o-", "C0", below),
+            ("top", "ToP (gates + distillation)", "D-", "C3", below),
+            ("sdtp", "SDTP (saliency-trained modules)", "v-", "C4", below),
+            ("topk_finetuned", "top-k (hard fine-tune)", "s", "C1", below),
+            ("topk_training_free", "top-k (training-free)", "^--", "C2", above),
+            ("threshold_training_free", "thresholds (training-free)", "x--", "C5", below)]
+  for key, label, style, color, offset in series:
     points = sorted(result.get(key) or [], key=lambda p: p["relative_flops"])
     if points:
       ax.plot([p["relative_flops"] for p in points], [100 * p["accuracy"] for p in points],
               style, color=color, label=label)
       for p in points:
         ax.annotate(result_files.setting_label(p), (p["relative_flops"], 100 * p["accuracy"]),
-                    textcoords="offset points", xytext=(4, -10), fontsize=7)
+                    textcoords="offset points", xytext=offset, fontsize=7)
   ax.set_xlabel("relative FLOPs (real lengths)")
   ax.set_ylabel(f"{name} dev accuracy (%)")
-  ax.set_title(f"MiniLM-L6 on {name}: accuracy vs FLOPs, chosen on "
+  ax.set_title(f"MiniLM-L6 on {name}: accuracy vs FLOPs,\nchosen on "
                f"{result_files.selection_label(result)}", fontsize=9)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7, loc="lower right")
