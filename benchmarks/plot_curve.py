@@ -82,7 +82,7 @@ def plot(result: dict, path: str) -> None:
   ax.set_title(f"MiniLM-L6 on {name}: accuracy vs FLOPs,\nchosen on "
                f"{result_files.selection_label(result)}", fontsize=9)
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=7, loc="lower right")
+  ax.legend(fontsize=7, loc="best")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
 

@@ -159,3 +159,23 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.pruning.sdtp_rank_weight = 1.0
   config.pruning.sdtp_ratio_weight = 0.0  # DynamicViT ratio loss (2.0 there); 0: off
   return config
+
+
+def use_top(config: ml_collections.ConfigDict, soft_epochs: float,
+            pruning_learning_rate: float) -> None:
+  """ToP after the fine-tune: one soft stage trained as the reference trains it.
+
+  It hands over (and inference loads) the checkpoint most accurate on the held-out
+  selection slice whose relative FLOPs are within 0.03 of 1 - top_target; sweeps set
+  flops_budget with the target.
+  """
+  config.stages = ("finetune", "soft")
+  config.pruning.method = "top"
+  config.pruning.top_target = 0.5
+  config.pruning.top_warmup = 0.25
+  soft = config.stage_settings.soft
+  soft.num_epochs = float(soft_epochs)
+  soft.learning_rate = 1e-5  # the reference's
+  soft.pruning_learning_rate = pruning_learning_rate
+  soft.handover = "best"
+  soft.flops_budget = "0.53"

@@ -19,17 +19,6 @@ def get_config():
   config = common.get_base_config()
   config.task = "mrpc"
   config.data.buckets = (32, 48, 64, 96, 128)
-  config.stages = ("finetune", "soft")
-  config.pruning.method = "top"
-  config.pruning.top_target = 0.5
-  config.pruning.top_warmup = 0.25
   config.stage_settings.finetune.num_epochs = 10
-  config.stage_settings.soft.num_epochs = 10
-  config.stage_settings.soft.learning_rate = 1e-5  # the reference's
-  config.stage_settings.soft.pruning_learning_rate = 0.02
-  # Hand over (and let inference load) the checkpoint most accurate on the held-out
-  # selection slice whose relative FLOPs are within 0.03 of the target's 1 - t; change
-  # it with top_target.
-  config.stage_settings.soft.handover = "best"
-  config.stage_settings.soft.flops_budget = "0.53"
+  common.use_top(config, soft_epochs=10, pruning_learning_rate=0.02)
   return config.lock()

@@ -26,19 +26,8 @@ def get_config():
   config = common.get_base_config()
   config.task = "sst2"
   config.data.buckets = (16, 24, 32, 48, 64, 128)
-  config.stages = ("finetune", "soft")
-  config.pruning.method = "top"
-  config.pruning.top_target = 0.5
-  config.pruning.top_warmup = 0.25
-  config.stage_settings.soft.num_epochs = 0.4
-  config.stage_settings.soft.learning_rate = 1e-5  # the reference's
-  # gates and multipliers; the reference uses 0.02 over 40 epochs, too slow to settle
+  # gates and multipliers: the reference uses 0.02 over 40 epochs, too slow to settle
   # within the half epoch measured here
-  config.stage_settings.soft.pruning_learning_rate = 0.05
-  # Hand over (and let inference load) the checkpoint most accurate on the held-out
-  # selection slice whose relative FLOPs are within 0.03 of the target's 1 - t; change
-  # it with top_target.
-  config.stage_settings.soft.handover = "best"
-  config.stage_settings.soft.flops_budget = "0.53"
+  common.use_top(config, soft_epochs=0.4, pruning_learning_rate=0.05)
   config.train.eval_every_steps = 200
   return config.lock()
