@@ -1,6 +1,6 @@
 """MRPC (sentence pairs) with MiniLM-L6: ToP, fine-tune (10 epochs) -> soft (10 epochs).
 
-The stages and the reference training choices are those of configs/sst2_top.py. The
+The stages and the reference training choices are common.use_top's, as in sst2_top. The
 curve's runs skip the fine-tune and start from the task's one baseline (10 epochs, as
 the ToP reference fine-tunes MRPC), with the FLOPs budget set from each target:
 
