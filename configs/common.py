@@ -169,6 +169,7 @@ def use_top(config: ml_collections.ConfigDict, soft_epochs: float,
   selection slice whose relative FLOPs are within 0.03 of 1 - top_target; sweeps set
   flops_budget with the target.
   """
+  slack = 0.03
   config.stages = ("finetune", "soft")
   config.pruning.method = "top"
   config.pruning.top_target = 0.5
@@ -178,4 +179,4 @@ def use_top(config: ml_collections.ConfigDict, soft_epochs: float,
   soft.learning_rate = 1e-5  # the reference's
   soft.pruning_learning_rate = pruning_learning_rate
   soft.handover = "best"
-  soft.flops_budget = "0.53"
+  soft.flops_budget = f"{1 - config.pruning.top_target + slack:.4g}"
