@@ -7,7 +7,9 @@ plots it. Everything is measured against the task's one baseline
 a run that started from another run, or chose its checkpoint on dev, is refused
 (`tpjax.results.curves`). Each run's dev result is the one its training reported at
 the checkpoint the slice chose; with --flops_levels each learned series keeps its best
-run per level, judged on the slice.
+run per level, judged on the slice. --earlier carries the points of runs whose
+directories are gone (a fresh checkout) from an earlier curve file, when that file
+measured against the same baseline run, slice and dev result.
 
     python benchmarks/plot_curve.py --task=sst2 \
         --ltp=runs/sst2_ltp_lam0.02,runs/sst2_ltp_lam0.05 \
@@ -38,6 +40,9 @@ _THRESHOLD_SWEEP = flags.DEFINE_string("threshold_sweep", None,
 _SDTP_RUNS = flags.DEFINE_list("sdtp_runs", [], "SDTP run directories (their own r).")
 _SDTP = flags.DEFINE_list("sdtp", [], "benchmarks/sdtp_sweep.py JSON files: one trained "
                           "SDTP run at other keep ratios r, chosen on the slice.")
+_EARLIER = flags.DEFINE_list("earlier", [], "Earlier curve files of the task (same "
+                             "baseline): their trained runs' points join, for runs no "
+                             "longer on disk; a run named again replaces its point.")
 _LEVELS = flags.DEFINE_list("flops_levels", [], "Keep only each learned series' best run "
                             "(on the slice) at each of these relative FLOPs; empty: all.")
 _RESULTS = flags.DEFINE_string("results", result_files.DEFAULT_DIR,
@@ -95,7 +100,8 @@ def main(argv):
     runs["sdtp"] = _SDTP_RUNS.value
   sweeps = [p for p in (_TOPK_SWEEP.value, _THRESHOLD_SWEEP.value) if p]
   result = curves.collect(task, runs, _TOP_RULES.value, sweeps, _SDTP.value,
-                   [float(v) for v in _LEVELS.value] or None, _RESULTS.value)
+                          [float(v) for v in _LEVELS.value] or None, _RESULTS.value,
+                          _EARLIER.value)
   out = _OUT.value or f"{result_files.DEFAULT_DIR}/{task}_curve"
   with open(out + ".json", "w") as f:
     json.dump(result, f, indent=2)

@@ -329,6 +329,30 @@ def test_curve_shows_each_runs_slice_evaluations_stage_by_stage(learned_runs):
   assert "| 88.00 / 0.600 | 80.00 |" in text
 
 
+def test_curve_carries_points_of_gone_runs_only_from_the_same_baseline(learned_runs):
+  base, runs, results = learned_runs
+  earlier = os.path.join(results, "sst2_curve.json")
+  with open(earlier, "w") as f:
+    json.dump(curves.collect("sst2", {"ltp": [runs["a"], runs["b"]]}, levels=[0.7],
+                             results_dir=results), f)
+  shutil.rmtree(runs["a"])  # a new checkout: run a is gone, its point is on file
+  curve = curves.collect("sst2", {"ltp": [runs["b"], runs["c"]], "top": [runs["c"]]},
+                         results_dir=results, earlier=[earlier])
+  assert [(p["reg_lambda"], p.get("carried_from")) for p in curve["ltp"]] == [
+      (1, earlier), (2, None), (3, None)]  # b named again: its fresh point, not the old
+  assert "flops_levels" not in curve["ltp"][0]
+  assert [p["reg_lambda"] for p in curve["top"]] == [3]
+  assert "no longer on disk; the baseline's slice and dev results are those they were " \
+      "measured against): LTP λ=1.\n" in tables.curve_table(curve)
+  with open(earlier) as f:
+    data = json.load(f)
+  data["baseline"]["accuracy"] = 0.91  # a rerun baseline that did not reproduce
+  with open(earlier, "w") as f:
+    json.dump(data, f)
+  with pytest.raises(ValueError, match="another baseline .*accuracy 0.91 there, 0.9 here"):
+    curves.collect("sst2", {}, results_dir=results, earlier=[earlier])
+
+
 def test_curve_refuses_dev_choices_and_other_baselines(learned_runs):
   base, _, results = learned_runs
   dev = _write_run("runs/dev", _summary("sst2", base, 0.8, 0.6, 0.8, 0.6,

@@ -9,7 +9,9 @@ per task. Everything in it must
     each run's checkpoint (train.py), each sweep's settings (`sweep.choose_and_report`).
 Anything else is a `ValueError` naming the run. Learned runs are all points of their
 series; with FLOPs levels, each series keeps only its best run per level, judged on
-the slice (`choose_runs`), as the training-free sweeps do.
+the slice (`choose_runs`), as the training-free sweeps do. A run whose directory is
+gone keeps its point through an earlier curve file of the same baseline
+(`carried_points`).
 `baseline_entry` turns a finished fine-tune into its task's baselines.json entry.
 """
 
@@ -25,6 +27,8 @@ from tpjax.training import selection
 SETTINGS = ("reg_lambda", "keep_rate", "top_target", "sdtp_keep_ratio", "variant")
 # The slice record's fields two runs must share to have held out the same examples.
 _SLICE = ("fraction", "max_examples", "seed", "examples", "train_examples")
+# Series whose points are trained runs (a sweep's points are collected from its file).
+RUN_SERIES = ("ltp", "top", "topk_finetuned", "sdtp")
 
 
 def read_summary(workdir: str) -> dict:
@@ -163,8 +167,49 @@ def _load(path: str) -> dict:
     return json.load(f)
 
 
+def carried_points(path: str, baseline: dict) -> dict:
+  """The trained runs' points of an earlier curve file, for runs no longer on disk.
+
+  A point is what its run's summary said when the file was made. It is carried only
+  when that file measured against this very baseline: the same run directory, slice
+  and dev result (a fine-tune rerun with the same command reproduces them exactly on
+  the same machine; one that does not is another baseline).
+
+  Args:
+    path: An earlier curve file of the task.
+    baseline: `baseline_point` of the task now.
+
+  Returns:
+    {series key: [points]}, each point with 'carried_from' (the first file it was
+    carried from) and without the earlier file's 'flops_levels'.
+
+  Raises:
+    ValueError: If the file's baseline differs, or a point fails `check_run`.
+  """
+  earlier = _load(path)
+  old = earlier.get("baseline") or {}
+  same = {k: (old.get(k), baseline[k]) for k in ("task", "slice", "accuracy")}
+  same["workdir"] = (os.path.normpath(old.get("workdir", "")),
+                     os.path.normpath(baseline["workdir"]))
+  differ = {k: v for k, v in same.items() if v[0] != v[1]}
+  if differ:
+    raise ValueError(f"{path} was measured against another baseline than "
+                     f"{baseline['workdir']!r} now: " + "; ".join(
+                         f"{k} {a!r} there, {b!r} here" for k, (a, b) in differ.items()))
+  carried = {}
+  for key in RUN_SERIES:
+    for p in earlier.get(key) or []:
+      if "init_from" not in p:  # a sweep's point: its file is collected again
+        continue
+      check_run(p, baseline)
+      point = {k: v for k, v in p.items() if k != "flops_levels"}
+      point.setdefault("carried_from", path)
+      carried.setdefault(key, []).append(point)
+  return carried
+
+
 def collect(task: str, runs: dict, top_rules=(), sweeps=(), sdtp=(), levels=None,
-            results_dir: str = files.DEFAULT_DIR) -> dict:
+            results_dir: str = files.DEFAULT_DIR, earlier=()) -> dict:
   """The curve file of `task`: its baseline, runs and sweeps, all checked.
 
   Args:
@@ -175,18 +220,27 @@ def collect(task: str, runs: dict, top_rules=(), sweeps=(), sdtp=(), levels=None
     sdtp: sdtp_sweep.py files: their chosen points join 'sdtp'.
     levels: FLOPs levels for the learned series, or None (every run).
     results_dir: Where baselines.json is.
+    earlier: Earlier curve files of the task: their trained runs' points join
+      (`carried_points`), except where `runs` names the same directory again.
 
   Raises:
     ValueError: If anything chose on dev or is not measured against the task's
-      baseline (`check_run`, `check_sweep`).
+      baseline (`check_run`, `check_sweep`, `carried_points`).
   """
   baseline = baseline_point(task, results_dir)
   metric = glue.TASKS[task].metric
   result = header(baseline, levels)
-  for key, workdirs in runs.items():
-    points = [run_point(w) for w in workdirs]
+  carried = {}
+  for path in earlier:
+    for key, points in carried_points(path, baseline).items():
+      carried.setdefault(key, []).extend(points)
+  for key in [*runs, *(k for k in carried if k not in runs)]:
+    points = [run_point(w) for w in runs.get(key, [])]
     for p in points:
       check_run(p, baseline)
+    fresh = {os.path.normpath(p["workdir"]) for p in points}
+    points = [p for p in carried.get(key, [])
+              if os.path.normpath(p["workdir"]) not in fresh] + points
     result[key] = choose_runs(points, metric, levels)
   for path in top_rules:
     rules = _load(path)

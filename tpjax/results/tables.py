@@ -171,7 +171,18 @@ def curve_table(data: dict, name: str = "", measured: dict = None) -> str:
             + ([f"dev {metric}"] if dev_metric else [])
             + ["drop", "relative FLOPs", "tokens kept per layer (fraction of real)"])
   return (_table(header, rows) + _budget_table(data) + _stage_curve_table(data, metric)
-          + _chosen_note(data))
+          + _chosen_note(data) + _carried_note(data))
+
+
+def _carried_note(data: dict) -> str:
+  """Which rows were carried from an earlier curve file (`curves.carried_points`)."""
+  carried = [_run_label(series, p) for series, p in _runs_by_flops(data)
+             if p.get("carried_from")]
+  if not carried:
+    return ""
+  return ("Carried from an earlier version of this file (their runs are no longer on "
+          "disk; the baseline's slice and dev results are those they were measured "
+          f"against): {', '.join(carried)}.\n")
 
 
 def _stage_curve_table(data: dict, metric: str) -> str:
