@@ -188,10 +188,10 @@ def carried_points(path: str, baseline: dict) -> dict:
   """
   earlier = _load(path)
   old = earlier.get("baseline") or {}
-  same = {k: (old.get(k), baseline[k]) for k in ("task", "slice", "accuracy")}
-  same["workdir"] = (os.path.normpath(old.get("workdir", "")),
-                     os.path.normpath(baseline["workdir"]))
-  differ = {k: v for k, v in same.items() if v[0] != v[1]}
+  differ = {k: (old.get(k), baseline[k]) for k in ("workdir", "task", "slice", "accuracy")
+            if old.get(k) != baseline[k]}
+  if "workdir" in differ and _same_dir(old.get("workdir", ""), baseline["workdir"]):
+    del differ["workdir"]  # the same directory, spelt another way
   if differ:
     raise ValueError(f"{path} was measured against another baseline than "
                      f"{baseline['workdir']!r} now: " + "; ".join(
@@ -238,9 +238,8 @@ def collect(task: str, runs: dict, top_rules=(), sweeps=(), sdtp=(), levels=None
     points = [run_point(w) for w in runs.get(key, [])]
     for p in points:
       check_run(p, baseline)
-    fresh = {os.path.normpath(p["workdir"]) for p in points}
     points = [p for p in carried.get(key, [])
-              if os.path.normpath(p["workdir"]) not in fresh] + points
+              if not any(_same_dir(p["workdir"], q["workdir"]) for q in points)] + points
     result[key] = choose_runs(points, metric, levels)
   for path in top_rules:
     rules = _load(path)
